@@ -1,0 +1,35 @@
+# tfcp: `make test` and `make demo` work on a fresh machine (they create .venv and install).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo_out
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONHASHSEED ?= 0
+
+.PHONY: install test lint demo bench clean
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(PY) -m ruff check tfcp tests benchmarks export
+	$(PY) -m ruff format --check tfcp tests benchmarks export
+
+test: lint
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	bash scripts/demo.sh $(DEMO_DIR)
+
+bench: $(STAMP)
+	$(PY) benchmarks/copy_paste_op.py
+	$(PY) benchmarks/input_pipeline.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) *.egg-info

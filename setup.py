@@ -1,0 +1,26 @@
+"""tfcp: Simple Copy-Paste augmentation and Mask R-CNN training for TensorFlow 2."""
+
+import setuptools
+
+setuptools.setup(
+    name="tfcp",
+    version="0.1.0",
+    description=(
+        "Simple Copy-Paste (Ghiasi et al., CVPR 2021) for TensorFlow 2: graph-mode "
+        "augmentation, Mask R-CNN training, COCO/VOC evaluation, SavedModel export."
+    ),
+    packages=setuptools.find_packages(include=["tfcp", "tfcp.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow==2.20.*",
+        "tf-models-official==2.20.*",
+        "gin-config",
+        "absl-py",
+        "numpy",
+        "pycocotools",
+        "pillow",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-timeout", "hypothesis", "ruff"],
+    },
+)
