@@ -147,3 +147,36 @@ def make_example(
         feature[SEGMENTATION_ENCODED] = _bytes([segmentation_png])
         feature[SEGMENTATION_FORMAT] = _bytes([b"png"])
     return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def image_format_of(encoded: bytes) -> str | None:
+    """'jpeg' or 'png' from the file's magic bytes, or None for anything else."""
+    if encoded[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if encoded[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    return None
+
+
+def verify_image(encoded: bytes) -> tuple[str, int, int]:
+    """Fully decodes JPEG/PNG bytes to check them.
+
+    Args:
+      encoded: the file's bytes.
+
+    Returns:
+      (format, height, width) with format 'jpeg' or 'png'.
+
+    Raises:
+      ValueError: the bytes are not a JPEG/PNG, or are truncated or corrupt.
+    """
+    image_format = image_format_of(encoded)
+    if image_format is None:
+        raise ValueError("not a JPEG or PNG file (unknown magic bytes)")
+    try:
+        with Image.open(io.BytesIO(encoded)) as image:
+            image.load()
+            width, height = image.size
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ValueError(f"corrupt {image_format.upper()}: {e}") from e
+    return image_format, height, width
