@@ -1,0 +1,465 @@
+"""The generic tf.distribute trainer: train / eval / train_and_eval for any `Task`.
+
+The trainer owns the loop, the optimizer, the strategy, mixed precision, checkpoints,
+summaries and metrics.json; everything model-specific goes through the `Task` protocol
+(tfcp/tasks/base.py). Configure it with gin (`Trainer.*`); `python -m tfcp.train` is its CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Sequence
+
+import gin
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from absl import logging
+
+from tfcp import checkpointing, distribute_utils, optimization, summaries
+
+MODES = ("train", "eval", "train_and_eval")
+PREEMPTED = "preempted"
+MAX_LOSSES = 64
+COMPLETED = "completed"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the training loss becomes NaN or Inf."""
+
+
+def weight_decay_loss(model: tf_keras.Model, weight_decay: float) -> tf.Tensor:
+    """`weight_decay * sum(||w||^2) / 2` over trainable kernels (no bias, no norm params).
+
+    The gradient is `weight_decay * w`, i.e. the usual SGD weight decay (paper: 4e-5).
+    Variables count when their last name component contains 'kernel' (kernel,
+    depthwise_kernel, ...); batch-norm gamma/beta and biases never do.
+    """
+    kernels = [
+        v
+        for v in model.trainable_variables
+        if "kernel" in v.name.split("/")[-1] and "batch_norm" not in v.name
+    ]
+    if weight_decay == 0.0 or not kernels:
+        return tf.constant(0.0)
+    return weight_decay * tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in kernels])
+
+
+def _concat_replicas(*values):
+    """Concatenates per-replica numpy values along the batch axis (scalars: first)."""
+    arrays = [np.asarray(v) for v in values]
+    if arrays[0].ndim == 0:
+        return arrays[0]
+    return np.concatenate(arrays, axis=0)
+
+
+class _LossAccumulator:
+    """Host-side sums of the per-step mean losses between two log lines."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.sums, self.images, self.steps = None, 0.0, 0
+
+    def add(self, loss_sums: np.ndarray, images: float, steps: int):
+        self.sums = loss_sums if self.sums is None else self.sums + loss_sums
+        self.images += images
+        self.steps += steps
+
+    def means(self, names: Sequence[str]) -> dict[str, float]:
+        if self.sums is None:
+            return {}
+        return {n: float(self.sums[i]) / max(self.steps, 1) for i, n in enumerate(names)}
+
+
+@gin.configurable(module="tfcp")
+class Trainer:
+    """Trains and evaluates a `Task` under a `tf.distribute.Strategy`.
+
+    Args:
+      model_dir: where checkpoints, summaries (train/, eval/), config.gin and
+        metrics.json go.
+      task: the `tfcp.tasks.base.Task` (gin: `Trainer.task = @MaskRCNNTask()`).
+      train_steps: total number of training steps (gin macro TRAIN_STEPS).
+      strategy: a strategy; default `tfcp.distribute_utils.build_strategy()` (gin).
+      steps_per_loop: steps run inside one `tf.function` call (`tf.range` loop).
+      log_interval: steps between log lines / TensorBoard scalars.
+      checkpoint_interval: steps between checkpoints (one is always written at the end).
+      eval_interval: train_and_eval: steps between evaluations (and one at the end);
+        None evaluates only at the end.
+      max_checkpoints_to_keep: number of checkpoints kept.
+      weight_decay: L2 weight decay on kernels (paper 4e-5); added to `model.losses`.
+      optimizer_fn: builds the optimizer (default `build_optimizer`, gin-configured).
+      mixed_precision: 'float32', 'mixed_bfloat16' or 'mixed_float16' (loss scaling).
+      init_checkpoint: passed to `task.initialize` on a fresh start only (never on resume).
+      checkpoint_iterator: try to save the input iterator with the checkpoints (see
+        tfcp/checkpointing.py: not possible for distributed iterators in TF 2.20).
+      resume_data_position: when the checkpoint has no iterator state: 'skip' (resumed
+        input skips the batches already consumed; exact for deterministic pipelines, costs
+        pipeline time proportional to the step) or 'restart' (input starts over).
+      image_summaries: write `task.sample_images` pictures to TensorBoard.
+      gin_files, gin_bindings: the command line, recorded at the top of config.gin.
+    """
+
+    def __init__(
+        self,
+        model_dir: str = gin.REQUIRED,
+        task=gin.REQUIRED,
+        train_steps: int = gin.REQUIRED,
+        strategy: tf.distribute.Strategy | None = None,
+        steps_per_loop: int = 100,
+        log_interval: int = 100,
+        checkpoint_interval: int = 1000,
+        eval_interval: int | None = None,
+        max_checkpoints_to_keep: int = 5,
+        weight_decay: float = 0.0,
+        optimizer_fn=optimization.build_optimizer,
+        mixed_precision: str = "float32",
+        init_checkpoint: str | None = None,
+        checkpoint_iterator: bool = True,
+        resume_data_position: str = "skip",
+        image_summaries: bool = True,
+        gin_files: Sequence[str] = (),
+        gin_bindings: Sequence[str] = (),
+    ):
+        for name, value in [
+            ("train_steps", train_steps),
+            ("steps_per_loop", steps_per_loop),
+            ("log_interval", log_interval),
+            ("checkpoint_interval", checkpoint_interval),
+        ]:
+            if int(value) <= 0:
+                raise ValueError(f"Trainer.{name} must be positive, got {value}")
+        if resume_data_position not in ("skip", "restart"):
+            raise ValueError(
+                f"Trainer.resume_data_position must be 'skip' or 'restart', "
+                f"got {resume_data_position!r}"
+            )
+        if mixed_precision not in ("float32", "mixed_bfloat16", "mixed_float16"):
+            raise ValueError(f"unknown Trainer.mixed_precision {mixed_precision!r}")
+        self.model_dir = model_dir
+        self.task = task
+        self.train_steps = int(train_steps)
+        self.steps_per_loop = int(steps_per_loop)
+        self.log_interval = int(log_interval)
+        self.checkpoint_interval = int(checkpoint_interval)
+        self.eval_interval = eval_interval
+        self.weight_decay = float(weight_decay)
+        self.init_checkpoint = init_checkpoint or None
+        self.checkpoint_iterator = checkpoint_iterator
+        self.resume_data_position = resume_data_position
+        self.image_summaries = image_summaries
+        self._gin_files, self._gin_bindings = list(gin_files), list(gin_bindings)
+        self._max_to_keep = max_checkpoints_to_keep
+        self._mixed_precision = mixed_precision
+        self._stop_requested = False
+
+        tf_keras.mixed_precision.set_global_policy(mixed_precision)
+        self.strategy = strategy or distribute_utils.build_strategy()
+        self.chief = distribute_utils.is_chief(self.strategy)
+        self._write_dir = checkpointing.write_dir(
+            model_dir, self.chief, distribute_utils.worker_id(self.strategy)
+        )
+        with self.strategy.scope():
+            self.model = task.build_model()
+            optimizer = optimizer_fn()
+            if mixed_precision == "mixed_float16":
+                optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
+            self.optimizer = optimizer
+            self.optimizer.build(self.model.trainable_variables)
+            self.global_step = tf.Variable(
+                0, dtype=tf.int64, trainable=False, name="global_step",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )  # fmt: skip
+            self._bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+            self._bad_loss = tf.Variable(0.0, dtype=tf.float32, trainable=False)
+        self._loss_names: list[str] = []
+        self._config_written = False
+
+    # ----------------------------------------------------------------- helpers
+
+    def _schedule_lr(self) -> float:
+        opt = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        lr = opt._learning_rate  # float, variable or schedule
+        if isinstance(lr, tf_keras.optimizers.schedules.LearningRateSchedule):
+            return float(lr(opt.iterations))
+        return float(tf.convert_to_tensor(lr))
+
+    def _write_config_once(self):
+        if self.chief and not self._config_written:
+            summaries.write_operative_config(self.model_dir, self._gin_files, self._gin_bindings)
+            self._config_written = True
+
+    def _distribute_inputs(self, is_training: bool, skip_batches: int = 0):
+        def dataset_fn(ctx):
+            ds = self.task.build_inputs(is_training, ctx)
+            return ds.skip(skip_batches) if skip_batches else ds
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def _request_stop(self, signum, frame):
+        del frame
+        logging.warning("Received signal %d: will checkpoint and stop after this loop.", signum)
+        self._stop_requested = True
+
+    # -------------------------------------------------------------- train step
+
+    def _make_train_loop(self):
+        """Returns `train_loop(iterator, num_steps) -> (loss sums [MAX_LOSSES], images)`.
+
+        Loss names are captured at trace time into `self._loss_names`; their cross-replica
+        means are summed over the loop's steps (zero-padded to `MAX_LOSSES`).
+        """
+        strategy, model, optimizer, task = self.strategy, self.model, self.optimizer, self.task
+        fp16 = self._mixed_precision == "mixed_float16"
+
+        def replica_step(inputs):
+            features, labels = inputs
+            num_replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+            with tf.GradientTape() as tape:
+                losses = task.build_losses(model, features, labels, training=True)
+                if "total_loss" not in losses:
+                    raise KeyError(
+                        f"task.build_losses must return 'total_loss', got {list(losses)}"
+                    )
+                total = tf.cast(losses["total_loss"], tf.float32)
+                reg = weight_decay_loss(model, self.weight_decay)
+                if model.losses:
+                    reg += tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
+                loss = (total + reg) / tf.cast(num_replicas, tf.float32)
+                if fp16:
+                    loss = optimizer.get_scaled_loss(loss)
+            variables = model.trainable_variables
+            grads = tape.gradient(loss, variables)
+            if fp16:
+                grads = optimizer.get_unscaled_gradients(grads)
+            optimizer.apply_gradients(zip(grads, variables, strict=True))
+            names = ["total_loss"] + sorted(k for k in losses if k != "total_loss")
+            names.append("regularization_loss")
+            if len(names) > MAX_LOSSES:
+                raise ValueError(f"at most {MAX_LOSSES} loss entries are logged, got {names}")
+            self._loss_names = names
+            values = [tf.cast(losses[k], tf.float32) for k in names[:-1]] + [reg]
+            packed = tf.pad(tf.stack(values), [[0, MAX_LOSSES - len(values)]])
+            batch = tf.cast(tf.shape(tf.nest.flatten(features)[0])[0], tf.float32)
+            return packed, batch
+
+        @tf.function
+        def train_loop(iterator, num_steps):
+            loss_sums = tf.zeros([MAX_LOSSES], tf.float32)
+            images = tf.zeros([], tf.float32)
+            for _ in tf.range(num_steps):
+                packed, batch = strategy.run(replica_step, args=(next(iterator),))
+                packed = strategy.reduce(tf.distribute.ReduceOp.MEAN, packed, axis=None)
+                loss_sums += packed
+                images += strategy.reduce(tf.distribute.ReduceOp.SUM, batch, axis=None)
+                if not tf.math.is_finite(packed[0]):
+                    self._bad_step.assign(self.global_step)
+                    self._bad_loss.assign(packed[0])
+                    break
+                self.global_step.assign_add(1)
+            return loss_sums, images
+
+        return train_loop
+
+    # ------------------------------------------------------------------- train
+
+    def train(self, evaluate: bool = False) -> str:
+        """Trains to `train_steps` (resuming from the latest checkpoint in model_dir).
+
+        Args:
+          evaluate: also evaluate every `eval_interval` steps and at the end.
+
+        Returns:
+          'completed', or 'preempted' when stopped by SIGTERM/SIGINT after a checkpoint.
+
+        Raises:
+          NonFiniteLossError: the loss became NaN/Inf (no checkpoint is written then).
+        """
+        tf.io.gfile.makedirs(self.model_dir)
+        latest = checkpointing.latest_checkpoint(self.model_dir)
+        skip = 0
+        if (
+            latest
+            and self.resume_data_position == "skip"
+            and not (self.checkpoint_iterator and checkpointing.has_iterator_state(latest))
+        ):
+            replicas_per_pipeline = self.strategy.num_replicas_in_sync // max(
+                distribute_utils.num_workers(self.strategy), 1
+            )
+            skip = checkpointing.checkpoint_step(latest) * replicas_per_pipeline
+            logging.info("Input position not in checkpoint: skipping %d batches.", skip)
+        iterator = iter(self._distribute_inputs(True, skip))
+        ckpt = checkpointing.TrainCheckpoint(
+            self._write_dir,
+            self.model,
+            self.optimizer,
+            self.global_step,
+            iterator=iterator if self.checkpoint_iterator else None,
+            max_to_keep=self._max_to_keep,
+        )
+        if latest:
+            ckpt.restore(latest)
+        else:
+            self.task.initialize(self.model, self.init_checkpoint)
+        self._write_config_once()
+        writer = summaries.SummaryWriter(
+            os.path.join(self.model_dir, "train") if self.chief else None
+        )
+        step = int(self.global_step.numpy())
+        if self.image_summaries and self.chief and step < self.train_steps:
+            self._write_input_images(writer, step)
+
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                handlers[sig] = signal.signal(sig, self._request_stop)
+        train_loop = self._make_train_loop()
+        throughput = summaries.Throughput(step)
+        acc = _LossAccumulator()
+        last_saved = step if latest else -1
+        status = COMPLETED
+        try:
+            while step < self.train_steps:
+                num_steps = min(
+                    self.steps_per_loop,
+                    self.train_steps - step,
+                    self.log_interval - step % self.log_interval,
+                    self.checkpoint_interval - step % self.checkpoint_interval,
+                )
+                if evaluate and self.eval_interval:
+                    num_steps = min(num_steps, self.eval_interval - step % self.eval_interval)
+                loss_sums, images = train_loop(iterator, tf.constant(num_steps, tf.int32))
+                acc.add(loss_sums.numpy(), float(images), num_steps)
+                bad_step = int(self._bad_step.numpy())
+                if bad_step >= 0:
+                    raise NonFiniteLossError(
+                        f"non-finite total loss ({float(self._bad_loss.numpy())}) at step "
+                        f"{bad_step}; stopping without saving. Last good checkpoint: "
+                        f"{checkpointing.latest_checkpoint(self.model_dir)}"
+                    )
+                step = int(self.global_step.numpy())
+                if step % self.log_interval == 0 or step == self.train_steps:
+                    self._log(writer, step, throughput.update(step), acc)
+                if step % self.checkpoint_interval == 0 or step == self.train_steps:
+                    ckpt.save()
+                    last_saved = step
+                if evaluate and (
+                    step == self.train_steps
+                    or (self.eval_interval and step % self.eval_interval == 0)
+                ):
+                    self.evaluate_model(step)
+                if distribute_utils.any_worker(self.strategy, self._stop_requested):
+                    if last_saved != step:
+                        ckpt.save()
+                    logging.warning("Stopped at step %d after a checkpoint (preempted).", step)
+                    status = PREEMPTED
+                    break
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            writer.close()
+            checkpointing.remove_temp_dir(self._write_dir, self.chief)
+        return status
+
+    def _log(self, writer, step, steps_per_sec, acc):
+        losses = acc.means(self._loss_names)
+        images_per_sec = acc.images / max(acc.steps, 1) * steps_per_sec
+        lr = self._schedule_lr()
+        logging.info(
+            summaries.format_train_log(
+                step, self.train_steps, losses, lr, steps_per_sec, images_per_sec
+            )
+        )
+        scalars = dict(losses)
+        scalars.update(learning_rate=lr, steps_per_sec=steps_per_sec, images_per_sec=images_per_sec)
+        writer.scalars(step, scalars)
+        acc.reset()
+
+    def _write_input_images(self, writer, step):
+        dataset = self.task.build_inputs(True, None)
+        for features, labels in dataset.take(1):
+            writer.images(step, "train/inputs", self.task.sample_images(features, labels))
+
+    # -------------------------------------------------------------------- eval
+
+    def evaluate_model(self, step: int) -> dict:
+        """Evaluates the current weights over the whole eval set; writes metrics.
+
+        Every eval batch, including the last partial one, goes through
+        `task.validation_step` under the strategy; the per-replica outputs are
+        concatenated on the host and fed to `task.evaluator_update`.
+
+        Returns:
+          The metrics record {'step': step, **task.evaluator_result()}.
+        """
+        task, model, strategy = self.task, self.model, self.strategy
+
+        @tf.function
+        def eval_step(inputs):
+            return strategy.run(lambda x: task.validation_step(model, x[0], x[1]), args=(inputs,))
+
+        task.evaluator_begin()
+        images, num_batches = None, 0
+        for inputs in self._distribute_inputs(False):
+            outputs = eval_step(inputs)
+            local = [
+                tf.nest.map_structure(lambda t: t.numpy(), out)
+                for out in strategy.experimental_local_results(outputs)
+            ]
+            merged = tf.nest.map_structure(_concat_replicas, *local)
+            task.evaluator_update(merged)
+            if images is None and self.image_summaries and self.chief:
+                features, labels = inputs
+                first = strategy.experimental_local_results
+                images = task.sample_images(first(features)[0], first(labels)[0], local[0])
+            num_batches += 1
+        metrics = task.evaluator_result()
+        logging.info("Eval at step %d over %d batches: %s", step, num_batches, metrics)
+        record = {"step": int(step), **metrics}
+        if self.chief:
+            writer = summaries.SummaryWriter(os.path.join(self.model_dir, "eval"))
+            writer.scalars(step, {k: v for k, v in metrics.items() if np.isscalar(v)})
+            writer.images(step, "eval/predictions", images)
+            writer.close()
+            summaries.write_metrics(self.model_dir, step, metrics)
+        return record
+
+    def evaluate(self) -> dict:
+        """Eval mode: restores the latest checkpoint of model_dir and evaluates it.
+
+        Raises:
+          FileNotFoundError: no checkpoint in model_dir.
+        """
+        path = checkpointing.require_latest_checkpoint(self.model_dir)
+        status = tf.train.Checkpoint(model=self.model, global_step=self.global_step).restore(path)
+        status.expect_partial()
+        status.assert_existing_objects_matched()
+        self._write_config_once()
+        return self.evaluate_model(int(self.global_step.numpy()))
+
+
+def run(
+    model_dir: str,
+    mode: str = "train",
+    gin_files: Sequence[str] = (),
+    gin_bindings: Sequence[str] = (),
+    strategy: tf.distribute.Strategy | None = None,
+):
+    """Library entry point of `python -m tfcp.train` (gin must already be parsed).
+
+    Returns:
+      'completed' or 'preempted' for train modes; the metrics record for eval.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    kwargs = dict(model_dir=model_dir, gin_files=gin_files, gin_bindings=gin_bindings)
+    if strategy is not None:  # otherwise `Trainer.strategy` from gin, or the default
+        kwargs["strategy"] = strategy
+    trainer = Trainer(**kwargs)
+    if mode == "eval":
+        return trainer.evaluate()
+    return trainer.train(evaluate=(mode == "train_and_eval"))
