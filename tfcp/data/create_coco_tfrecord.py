@@ -19,22 +19,29 @@ from absl import app, flags
 from tfcp.data import coco_converter
 from tfcp.data.tfrecord_io import ConversionError
 
-_IMAGE_DIR = flags.DEFINE_string("image_dir", None, "Folder of the images.", required=True)
-_ANNOTATIONS_JSON = flags.DEFINE_string(
-    "annotations_json", None, "COCO or LVIS instances JSON.", required=True
-)
-_OUTPUT_PREFIX = flags.DEFINE_string(
-    "output_prefix", None, "Output path prefix of the shards.", required=True
-)
-_NUM_SHARDS = flags.DEFINE_integer("num_shards", 32, "Number of TFRecord files.", lower_bound=1)
+_IMAGE_DIR = flags.DEFINE_string("image_dir", None, "Folder of the images.")
+_ANNOTATIONS_JSON = flags.DEFINE_string("annotations_json", None, "COCO or LVIS instances JSON.")
 _INCLUDE_MASKS = flags.DEFINE_boolean("include_masks", True, "Write PNG instance masks.")
+# Flags shared by both converters: identical definitions with allow_override, so that
+# both CLIs can be imported in one process (tests) without a DuplicateFlagError.
+_OUTPUT_PREFIX = flags.DEFINE_string(
+    "output_prefix", None, "Output path prefix of the shards.", allow_override=True
+)
+_NUM_SHARDS = flags.DEFINE_integer(
+    "num_shards", 32, "Number of TFRecord files.", lower_bound=1, allow_override=True
+)
 _SKIP_BAD_IMAGES = flags.DEFINE_boolean(
     "skip_bad_images",
     False,
-    "Skip (and count) missing or corrupt image files instead of stopping.",
+    "Skip (and count in the summary) missing, corrupt or wrongly sized image files "
+    "instead of stopping.",
+    allow_override=True,
 )
 _NUM_WORKERS = flags.DEFINE_integer(
-    "num_workers", None, "Conversion processes (default: number of CPUs; 0 = none)."
+    "num_workers",
+    None,
+    "Conversion processes (default: number of CPUs; 0 = convert in the main process).",
+    allow_override=True,
 )
 
 
@@ -58,4 +65,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Required here, not at definition, so that importing both CLIs (tests) works.
+    flags.mark_flags_as_required(["image_dir", "annotations_json", "output_prefix"])
     app.run(main)
