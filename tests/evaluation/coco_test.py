@@ -258,6 +258,17 @@ class CocoEvaluatorTest(tf.test.TestCase):
         with self.assertRaises(FileNotFoundError):
             CocoEvaluator("/nonexistent/instances.json")
 
+    def test_masks_required_for_mask_eval(self):
+        boxes_only = dict(self.dataset)
+        boxes_only["annotations"] = [
+            {k: v for k, v in a.items() if k != "segmentation"} for a in self.dataset["annotations"]
+        ]
+        with self.assertRaisesRegex(ValueError, "no segmentation"):
+            CocoEvaluator(groundtruth=boxes_only, include_mask=True)
+        evaluator = CocoEvaluator(groundtruth=boxes_only, include_mask=False)
+        evaluator.update(_perfect_predictions(self.dataset))
+        self.assertAlmostEqual(evaluator.result()["box_AP"], 1.0, places=6)
+
 
 if __name__ == "__main__":
     tf.test.main()

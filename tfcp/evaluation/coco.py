@@ -114,7 +114,8 @@ class CocoEvaluator:
             `coco_dataset_from_tfrecords`). Exactly one of the two must be given.
 
         Raises:
-          ValueError: neither or both ground-truth sources given.
+          ValueError: neither or both ground-truth sources given; a required list is
+            missing; `include_mask` with annotations that have no segmentation.
           FileNotFoundError: the annotation file does not exist.
         """
         if (annotation_file is None) == (groundtruth is None):
@@ -137,6 +138,13 @@ class CocoEvaluator:
             self._coco_gt.createIndex()
         self._images = {_id_key(i): self._coco_gt.imgs[i] for i in self._coco_gt.getImgIds()}
         self._category_ids = set(self._coco_gt.getCatIds())
+        if include_mask:
+            missing = [a["id"] for a in dataset["annotations"] if not a.get("segmentation")]
+            if missing:
+                raise ValueError(
+                    f"include_mask=True but {len(missing)} annotations of {self._source} have "
+                    f"no segmentation (ids {missing[:5]}...); use include_mask=False"
+                )
         self.reset()
 
     def reset(self) -> None:
