@@ -171,7 +171,7 @@ def _coco_split(
     image_dir = os.path.join(output_dir, split)
     os.makedirs(image_dir, exist_ok=True)
     images, annotations = [], []
-    need_compressed = True
+    need_compressed, need_crowd_rle = True, True
     for i in range(num_images):
         rng = image_rng(seed, _DATASET_COCO, _COCO_SPLIT_CODES[split], i)
         height, width = image_shape(rng, image_size, opts["image_hw"])
@@ -207,7 +207,8 @@ def _coco_split(
         for k, mask in enumerate(scene.masks):
             is_crowd = bool(scene.is_crowd[k])
             if is_crowd:
-                kind = "rle_compressed" if rng.random() < 0.25 else "rle"
+                compressed = not need_crowd_rle and rng.random() < 0.25
+                kind, need_crowd_rle = ("rle_compressed" if compressed else "rle"), False
             elif need_compressed:
                 kind, need_compressed = "rle_compressed", False
             elif rng.random() < _RANDOM_RLE_PROB:
@@ -265,9 +266,10 @@ def write_coco(
 ) -> dict[str, str]:
     """Writes a COCO-format instance-segmentation dataset (train2017 + val2017).
 
-    The first image of every split holds a crowd region, the second has no objects, and
-    the first non-crowd object of every split is stored as compressed RLE, so every file
-    exercises every COCO feature. Existing files with the same names are overwritten.
+    The first image of every split holds a crowd region, the second has no objects, the
+    first crowd of every split is stored as uncompressed RLE (as COCO's crowds) and the first
+    non-crowd object as compressed RLE, so every file exercises every COCO feature.
+    Existing files with the same names are overwritten.
 
     Args:
       output_dir: root directory D (created if missing).
