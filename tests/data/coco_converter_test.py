@@ -360,3 +360,52 @@ def test_cli_writes_shards_and_prints_summary(tmp_path, capsys):
         flags.FLAGS.unparse_flags()
     assert "objects written:  3" in capsys.readouterr().out
     assert len(_records(prefix)) == 2
+
+
+def test_end_to_end_on_synthetic_coco(tmp_path):
+    """Converts `tfcp.data.synthetic` COCO output; pycocotools' own COCO API is the reference."""
+    from pycocotools.coco import COCO
+
+    from tfcp.data import synthetic
+
+    paths = synthetic.write_coco(str(tmp_path / "coco"), num_train=4, num_val=0, image_size=64)
+    coco = COCO(paths["train_annotations"])
+    prefix = str(tmp_path / "out" / "train")
+    summary = coco_converter.convert_coco(
+        paths["train_images"],
+        paths["train_annotations"],
+        prefix,
+        2,
+        num_workers=0,
+        progress_stream=io.StringIO(),
+    )
+    assert summary.images_written == len(coco.imgs) == 4
+    assert summary.objects_written == len(coco.anns)
+    assert not summary.objects_skipped and not summary.images_skipped
+    seen = set()
+    for record in _records(prefix):
+        d = decoder.decode(tf.constant(record))
+        image_id = int(d["source_id"].numpy())
+        seen.add(image_id)
+        image = coco.imgs[image_id]
+        h, w = image["height"], image["width"]
+        annotations = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
+        np.testing.assert_array_equal(
+            d["groundtruth_classes"].numpy(), [a["category_id"] for a in annotations]
+        )
+        np.testing.assert_array_equal(
+            d["groundtruth_is_crowd"].numpy(), [bool(a["iscrowd"]) for a in annotations]
+        )
+        expected_boxes = np.reshape(
+            [
+                [y / h, x / w, (y + bh) / h, (x + bw) / w]
+                for x, y, bw, bh in (a["bbox"] for a in annotations)
+            ],
+            [-1, 4],
+        )
+        np.testing.assert_allclose(d["groundtruth_boxes"].numpy(), expected_boxes, atol=1e-6)
+        masks = d["groundtruth_instance_masks"].numpy()
+        assert masks.shape == (len(annotations), h, w)
+        for mask, annotation in zip(masks, annotations, strict=True):
+            np.testing.assert_array_equal(mask, coco.annToMask(annotation))
+    assert seen == set(coco.imgs)

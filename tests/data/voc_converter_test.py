@@ -265,3 +265,61 @@ def test_cli(tmp_path, capsys):
         flags.FLAGS.unparse_flags()
     assert "objects written:  4" in capsys.readouterr().out
     assert os.path.exists(prefix + "-00000-of-00001.tfrecord")
+
+
+def test_end_to_end_on_synthetic_voc(tmp_path):
+    """Converts `tfcp.data.synthetic` VOC output; counts and boxes come from its XML files."""
+    from tfcp.data import synthetic
+
+    root = synthetic.write_voc(str(tmp_path), num_train=3, num_val=1, image_size=64)["voc_root"]
+    prefix = str(tmp_path / "out" / "det")
+    summary = voc_converter.convert_voc(
+        root,
+        "2007+2012",
+        "train",
+        "detection",
+        prefix,
+        2,
+        num_workers=0,
+        progress_stream=io.StringIO(),
+    )
+    items = voc_converter.voc_items(root, "2007+2012", "train", "detection")
+    expected = {}
+    for item in items:
+        annotation = voc_converter.parse_voc_xml(os.path.join(root, item.annotation_file))
+        expected[item.image_id] = annotation
+    assert summary.images_written == len(items) == 6
+    assert summary.objects_written == sum(len(a.objects) for a in expected.values())
+    records = [
+        r.numpy() for r in tf.data.TFRecordDataset(sorted(glob.glob(prefix + "-*.tfrecord")))
+    ]
+    for record in records:
+        d = decoder.decode(tf.constant(record), include_mask=False)
+        annotation = expected[d["source_id"].numpy().decode()]
+        h, w = annotation.height, annotation.width
+        pixels = np.round(d["groundtruth_boxes"].numpy() * [h, w, h, w] + [1, 1, 0, 0])
+        want = [[o.ymin, o.xmin, o.ymax, o.xmax] for o in annotation.objects]
+        np.testing.assert_array_equal(pixels.reshape([-1, 4]), np.reshape(want, [-1, 4]))
+        np.testing.assert_array_equal(
+            d["groundtruth_difficult"].numpy(), [bool(o.difficult) for o in annotation.objects]
+        )
+
+    prefix = str(tmp_path / "out" / "seg")
+    summary = voc_converter.convert_voc(
+        root,
+        "2007",
+        "train",
+        "segmentation",
+        prefix,
+        1,
+        num_workers=0,
+        progress_stream=io.StringIO(),
+    )
+    items = voc_converter.voc_items(root, "2007", "train", "segmentation")
+    assert summary.images_written == len(items) >= 1
+    for record in tf.data.TFRecordDataset(prefix + "-00000-of-00001.tfrecord"):
+        d = decoder.decode_segmentation(record)
+        png = os.path.join(
+            root, "VOC2007", "SegmentationClass", f"{d['source_id'].numpy().decode()}.png"
+        )
+        np.testing.assert_array_equal(d["label"].numpy()[..., 0], np.asarray(Image.open(png)))
