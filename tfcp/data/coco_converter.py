@@ -337,45 +337,41 @@ class CocoImageConverter:
     def _read_image(self, image: CocoImage) -> tuple[bytes, str, str] | str:
         """(bytes, format, relative path), or the skip reason if skip_bad_images."""
         where = f"{self.json_path}: image id {image.image_id}"
+
+        def bad(reason: str, message: str) -> str:
+            if self.skip_bad_images:
+                return reason
+            raise ConversionError(f"{where}: {message}")
+
         paths = [os.path.join(self.image_dir, name) for name in image.file_names]
         found = [i for i, p in enumerate(paths) if tf.io.gfile.exists(p)]
         if not found:
-            if self.skip_bad_images:
-                return "missing_file"
-            raise ConversionError(f"{where}: image file not found: {' or '.join(paths)}")
+            return bad("missing_file", f"image file not found: {' or '.join(paths)}")
         path = paths[found[0]]
         with tf.io.gfile.GFile(path, "rb") as f:
             encoded = f.read()
         try:
             image_format, height, width = schema.verify_image(encoded)
         except ValueError as e:
-            if self.skip_bad_images:
-                return "corrupt_file"
-            raise ConversionError(f"{where}: {path}: {e}") from e
+            return bad("corrupt_file", f"{path}: {e}")
         if (height, width) != (image.height, image.width):
-            if self.skip_bad_images:
-                return "size_mismatch"
-            raise ConversionError(
-                f"{where}: {path} is {width}x{height} but the JSON says "
-                f"{image.width}x{image.height}"
+            return bad(
+                "size_mismatch",
+                f"{path} is {width}x{height} but the JSON says {image.width}x{image.height}",
             )
         return encoded, image_format, image.file_names[found[0]]
 
     def __call__(self, image: CocoImage) -> ConvertedImage:
-        where_image = f"{self.json_path}: image id {image.image_id}"
         read = self._read_image(image)
         if isinstance(read, str):
+            num = len(image.annotations)
             return ConvertedImage(
                 serialized=None,
                 image_skip_reason=read,
-                objects_skipped=collections.Counter(
-                    {f"image_skipped_{read}": len(image.annotations)}
-                )
-                if image.annotations
-                else collections.Counter(),
+                objects_skipped=collections.Counter({f"image_skipped_{read}": num} if num else {}),
                 warnings=[
-                    f"{where_image}: skipped image ({read}) with its "
-                    f"{len(image.annotations)} objects"
+                    f"{self.json_path}: image id {image.image_id}: skipped ({read}) with its "
+                    f"{num} objects"
                 ],
             )
         encoded, image_format, file_name = read
