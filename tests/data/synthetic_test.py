@@ -14,7 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from tfcp.data import synthetic
+from tfcp.data import synthetic, synthetic_scenes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN, VAL = 6, 3
@@ -248,3 +248,30 @@ def test_cli_rejects_bad_flags(tmp_path):
     assert out.returncode != 0 and "format" in out.stderr
     out = _cli("--format=coco")
     assert out.returncode != 0 and "output_dir" in out.stderr
+
+
+def test_annotations_are_the_rendered_visible_masks(tmp_path, monkeypatch):
+    scenes = []
+
+    def recording_generate_scene(*args, **kwargs):
+        scenes.append(synthetic_scenes.generate_scene(*args, **kwargs))
+        return scenes[-1]
+
+    monkeypatch.setattr(synthetic, "generate_scene", recording_generate_scene)
+    paths = synthetic.write_coco(str(tmp_path), 4, 0, image_size=96, seed=2)
+    ds = COCO(paths["train_annotations"])
+    assert len(scenes) == len(ds.dataset["images"]) == 4
+    for scene, image in zip(scenes, ds.dataset["images"], strict=True):
+        with Image.open(os.path.join(paths["train_images"], image["file_name"])) as im:
+            decoded = np.asarray(im, np.float32)
+        assert np.abs(decoded - scene.image).mean() < 8.0  # the JPEG is this scene
+        anns = ds.loadAnns(ds.getAnnIds(imgIds=[image["id"]]))
+        assert len(anns) == len(scene.masks)
+        for ann, mask, cls in zip(anns, scene.masks, scene.class_indices, strict=True):
+            assert ann["category_id"] == synthetic.COCO_CATEGORIES[cls]["id"]
+            got = ds.annToMask(ann)
+            if isinstance(ann["segmentation"], dict):
+                np.testing.assert_array_equal(got, mask)  # RLE is exact
+            else:
+                iou = (got & mask).sum() / (got | mask).sum()
+                assert iou >= 0.95, (ann["id"], iou)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfcp.data import synthetic_voc
+from tfcp.data import synthetic_scenes, synthetic_voc
 from tfcp.data.synthetic_voc import VOC_CLASSES
 
 TRAIN, VAL, TEST = 5, 3, 2
@@ -223,3 +223,33 @@ def test_bad_arguments_raise(tmp_path):
         synthetic_voc.write_voc(str(tmp_path), 1, -1)
     with pytest.raises(ValueError, match="image_size"):
         synthetic_voc.write_voc(str(tmp_path), 1, 1, image_size=20)
+
+
+def test_files_are_the_rendered_scenes(tmp_path, monkeypatch):
+    scenes = []
+
+    def recording_generate_scene(*args, **kwargs):
+        scenes.append(synthetic_scenes.generate_scene(*args, **kwargs))
+        return scenes[-1]
+
+    monkeypatch.setattr(synthetic_voc, "generate_scene", recording_generate_scene)
+    paths = synthetic_voc.write_voc(
+        str(tmp_path), 2, 1, image_size=96, years=(2012,), segmented_fraction=1.0
+    )
+    year_dir = paths["VOC2012"]
+    assert len(scenes) == 3  # no scene was empty, so none was re-rendered
+    for k, scene in enumerate(scenes):
+        stem = f"2012_{k + 1:06d}"
+        _, objects = _parse(year_dir, stem)
+        assert [o["name"] for o in objects] == [VOC_CLASSES[c] for c in scene.class_indices]
+        assert [tuple(o["bbox"]) for o in objects] == [
+            synthetic_voc.voc_box(m) for m in scene.masks
+        ]
+        with Image.open(os.path.join(year_dir, "SegmentationObject", f"{stem}.png")) as im:
+            obj = np.asarray(im)
+        expected = np.zeros_like(obj)
+        for i, mask in enumerate(scene.masks, start=1):
+            expected[mask > 0] = i
+        keep = obj != 255
+        np.testing.assert_array_equal(obj[keep], expected[keep])
+        assert keep.mean() > 0.5

@@ -98,7 +98,7 @@ def mask_polygons(mask: np.ndarray) -> list[list[float]] | None:
         if len(contour) < 3:
             continue
         pts = (contour.reshape(-1, 2).astype(np.float64) + 0.5) / k + [x0, y0]
-        polygons.append([round(float(v), 2) for v in pts.ravel()])
+        polygons.append(np.round(pts.ravel(), 2).tolist())
     if not polygons:
         return None
     h, w = mask.shape
@@ -237,7 +237,7 @@ def _coco_split(
     os.makedirs(ann_dir, exist_ok=True)
     ann_path = os.path.join(ann_dir, f"instances_{split}.json")
     with open(ann_path, "w") as f:
-        json.dump(dataset, f, separators=(",", ":"))
+        f.write(json.dumps(dataset, separators=(",", ":")))
     return image_dir, ann_path
 
 

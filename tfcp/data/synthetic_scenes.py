@@ -64,26 +64,30 @@ def render_background(rng: np.random.Generator, height: int, width: int) -> np.n
     """Muted textured background: gradient + low-frequency blobs + stripes + noise.
 
     Returns:
-      float32 [height, width, 3] in [0, 255] (not yet rounded).
+      float32 [height, width, 3], roughly in [0, 255] (rounded and clipped by the caller).
     """
     yy = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
     xx = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :]
     a = rng.uniform(0.0, 2.0 * np.pi)
-    g = (math.cos(a) * xx + math.sin(a) * yy)[..., None]
+    g = math.cos(a) * xx + math.sin(a) * yy
     g = (g - g.min()) / max(float(g.max() - g.min()), 1e-6)
     h = rng.uniform()
     c0 = hsv(h, rng.uniform(0.05, 0.25), rng.uniform(0.35, 0.8))
     c1 = hsv(h + rng.uniform(-0.15, 0.15), rng.uniform(0.05, 0.25), rng.uniform(0.35, 0.8))
-    img = c0 * (1.0 - g) + c1 * g
     gh, gw = rng.integers(3, 8, size=2)
     blobs = rng.normal(0.0, 1.0, (int(gh), int(gw))).astype(np.float32)
     blobs = np.asarray(Image.fromarray(blobs, "F").resize((width, height), Image.BILINEAR))
-    img += rng.uniform(6.0, 18.0) * blobs[..., None]
     b = rng.uniform(0.0, 2.0 * np.pi)
-    freq = rng.uniform(4.0, 24.0) * 2.0 * np.pi
-    stripes = np.sin(freq * (math.cos(b) * xx * width + math.sin(b) * yy * height) / 256.0)
-    img += rng.uniform(3.0, 12.0) * stripes[..., None]
-    img += 5.0 * rng.standard_normal((height, width, 1), dtype=np.float32)
+    freq = rng.uniform(4.0, 24.0) * 2.0 * np.pi / 256.0
+    stripes = np.sin(freq * (math.cos(b) * width * xx + math.sin(b) * height * yy))
+    # Luminance texture shared by the three channels, then the colour gradient.
+    lum = rng.standard_normal((height, width), dtype=np.float32)
+    lum *= 5.0
+    lum += rng.uniform(6.0, 18.0) * blobs
+    lum += rng.uniform(3.0, 12.0) * stripes
+    img = np.multiply.outer(g, c1 - c0)
+    img += c0
+    img += lum[..., None]
     return img
 
 
