@@ -19,12 +19,13 @@ the published COCO numbers:
    to the image. Boxes whose expanded extent is empty (`rx2 < rx1` or `ry2 < ry1`) paste
    nothing.
 
-Steps 2-3 are one affine map from image pixels to padded-mask coordinates per box, so the
-whole paste is a single `tf.image.crop_and_resize` of the padded masks with "inverse"
-boxes (the image frame expressed in the mask frame) and `crop_size=[H, W]`. It runs
-eagerly, in `tf.data` and under `tf.function` with unknown K, H, W and mask size.
-Cost and peak memory are O(K * H * W) (one float32 [K, H, W] intermediate), the size of
-the output itself.
+Steps 2-3 are one affine map per axis from image pixels to padded-mask coordinates, and
+bilinear sampling is separable, so the paste of mask `P` is `R_y @ P @ R_x^T` with sparse
+interpolation matrices `R_y` [H, mh+2] and `R_x` [W, mw+2] (two weights per row, zero
+outside the box): two batched matmuls instead of a per-pixel gather (it measured faster
+on CPU than the equivalent `tf.image.crop_and_resize` with inverse boxes).
+It runs eagerly, in `tf.data` and under `tf.function` with unknown K, H, W and mask
+size. Peak memory is one float32 [K, H, W] intermediate, the size of the output.
 """
 
 from __future__ import annotations
@@ -32,56 +33,38 @@ from __future__ import annotations
 import tensorflow as tf
 
 
-def _inverse_boxes(
-    boxes: tf.Tensor,
-    mask_height: tf.Tensor,
-    mask_width: tf.Tensor,
-    image_height: tf.Tensor,
-    image_width: tf.Tensor,
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Boxes that map the image frame into each padded mask, for `crop_and_resize`.
+def _interpolation_matrix(
+    start: tf.Tensor, extent: tf.Tensor, padded: tf.Tensor, out_size: tf.Tensor
+) -> tf.Tensor:
+    """Linear-interpolation weights from padded-mask cells to image pixels along one axis.
+
+    Image pixel `p` samples padded-mask coordinate `u = (p - start + 0.5) * padded /
+    extent - 0.5` (OpenCV's half-pixel resize of the padded mask to `extent` pixels,
+    placed at `start`); `u` outside `[0, padded - 1]` gives 0.
 
     Args:
-      boxes: float64 [N, 4] detection boxes (ymin, xmin, ymax, xmax) in image pixels.
-      mask_height: int32 scalar, `mh` (unpadded).
-      mask_width: int32 scalar, `mw` (unpadded).
-      image_height: int32 scalar, H.
-      image_width: int32 scalar, W.
+      start: float64 [N], first pixel of the expanded box (`ry1` or `rx1`).
+      extent: float64 [N], pixels covered by the expanded box (`h` or `w`).
+      padded: float64 scalar, padded mask size (`mh + 2` or `mw + 2`).
+      out_size: int32 scalar, H or W.
 
     Returns:
-      `(crop_boxes, valid)`: float32 [N, 4] normalized boxes in the padded-mask frame and
-      float32 [N] with 1 where the expanded integer box is non-empty, else 0.
+      float32 [N, out_size, padded] with at most two non-zero weights per row.
     """
-    mh = tf.cast(mask_height, tf.float64)
-    mw = tf.cast(mask_width, tf.float64)
-    scale = tf.maximum((mw + 2.0) / mw, (mh + 2.0) / mh)
-    ymin, xmin, ymax, xmax = tf.unstack(boxes, num=4, axis=-1)
-    half_h = (ymax - ymin) * 0.5
-    half_w = (xmax - xmin) * 0.5
-    center_y = ymin + half_h
-    center_x = xmin + half_w
-    # Truncation toward zero, as numpy's `astype(np.int32)` in the reference.
-    ry1 = tf.cast(tf.cast(center_y - half_h * scale, tf.int32), tf.float64)
-    ry2 = tf.cast(tf.cast(center_y + half_h * scale, tf.int32), tf.float64)
-    rx1 = tf.cast(tf.cast(center_x - half_w * scale, tf.int32), tf.float64)
-    rx2 = tf.cast(tf.cast(center_x + half_w * scale, tf.int32), tf.float64)
-    valid = tf.logical_and(ry2 >= ry1, rx2 >= rx1)
-    rows = tf.maximum(ry2 - ry1 + 1.0, 1.0)
-    cols = tf.maximum(rx2 - rx1 + 1.0, 1.0)
-
-    def axis_box(start, extent, padded, out_size):
-        # Image pixel p samples padded-mask coordinate a * p + b (OpenCV half-pixel).
-        a = padded / extent
-        b = (0.5 - start) * a - 0.5
-        out_last = tf.cast(out_size - 1, tf.float64)
-        lo = b / (padded - 1.0)
-        hi = (b + a * out_last) / (padded - 1.0)
-        return lo, hi
-
-    y_lo, y_hi = axis_box(ry1, rows, mh + 2.0, image_height)
-    x_lo, x_hi = axis_box(rx1, cols, mw + 2.0, image_width)
-    crop_boxes = tf.cast(tf.stack([y_lo, x_lo, y_hi, x_hi], axis=-1), tf.float32)
-    return crop_boxes, tf.cast(valid, tf.float32)
+    scale = padded / extent
+    pixels = tf.cast(tf.range(out_size), tf.float64)
+    coords = scale[:, tf.newaxis] * (pixels[tf.newaxis, :] - start[:, tf.newaxis] + 0.5) - 0.5
+    inside = tf.logical_and(coords >= 0.0, coords <= padded - 1.0)
+    lower = tf.clip_by_value(tf.floor(coords), 0.0, padded - 1.0)
+    frac = tf.cast(coords - lower, tf.float32) * tf.cast(inside, tf.float32)
+    depth = tf.cast(padded, tf.int32)
+    lower = tf.cast(lower, tf.int32)
+    upper = tf.minimum(lower + 1, depth - 1)
+    weights = (
+        tf.one_hot(lower, depth) * (1.0 - frac)[..., tf.newaxis]
+        + tf.one_hot(upper, depth) * frac[..., tf.newaxis]
+    )
+    return weights * tf.cast(inside, tf.float32)[..., tf.newaxis]
 
 
 def _paste_flat(
@@ -97,26 +80,33 @@ def _paste_flat(
     image_height = tf.cast(image_height, tf.int32)
     image_width = tf.cast(image_width, tf.int32)
     mask_shape = tf.shape(masks)
-    num = mask_shape[0]
     tf.debugging.assert_equal(
         tf.shape(boxes),
-        tf.stack([num, 4]),
+        tf.stack([mask_shape[0], 4]),
         message="paste_masks: boxes must be [K, 4] with K equal to the number of masks",
     )
-    padded = tf.pad(masks, [[0, 0], [1, 1], [1, 1]])[..., tf.newaxis]
-    crop_boxes, valid = _inverse_boxes(
-        boxes, mask_shape[1], mask_shape[2], image_height, image_width
-    )
-    pasted = tf.image.crop_and_resize(
-        padded,
-        crop_boxes,
-        tf.range(num, dtype=tf.int32),
-        crop_size=tf.stack([image_height, image_width]),
-        method="bilinear",
-        extrapolation_value=0.0,
-    )[..., 0]
-    binary = tf.logical_and(pasted > threshold, valid[:, tf.newaxis, tf.newaxis] > 0.0)
-    return tf.cast(binary, tf.uint8)
+    mh = tf.cast(mask_shape[1], tf.float64)
+    mw = tf.cast(mask_shape[2], tf.float64)
+    scale = tf.maximum((mw + 2.0) / mw, (mh + 2.0) / mh)
+    ymin, xmin, ymax, xmax = tf.unstack(boxes, num=4, axis=-1)
+    half_h = (ymax - ymin) * 0.5
+    half_w = (xmax - xmin) * 0.5
+    center_y = ymin + half_h
+    center_x = xmin + half_w
+
+    def trunc(value):  # toward zero, as numpy's `astype(np.int32)` in the reference
+        return tf.cast(tf.cast(value, tf.int32), tf.float64)
+
+    ry1, ry2 = trunc(center_y - half_h * scale), trunc(center_y + half_h * scale)
+    rx1, rx2 = trunc(center_x - half_w * scale), trunc(center_x + half_w * scale)
+    valid = tf.cast(tf.logical_and(ry2 >= ry1, rx2 >= rx1), tf.float32)
+    rows = _interpolation_matrix(ry1, tf.maximum(ry2 - ry1 + 1.0, 1.0), mh + 2.0, image_height)
+    cols = _interpolation_matrix(rx1, tf.maximum(rx2 - rx1 + 1.0, 1.0), mw + 2.0, image_width)
+    rows *= valid[:, tf.newaxis, tf.newaxis]
+    padded = tf.pad(masks, [[0, 0], [1, 1], [1, 1]])
+    # Bilinear resampling is separable: rows @ padded @ cols^T, [N, H, W].
+    pasted = tf.matmul(rows, tf.matmul(padded, cols, transpose_b=True))
+    return tf.cast(pasted > threshold, tf.uint8)
 
 
 def paste_masks(
@@ -128,8 +118,8 @@ def paste_masks(
 ) -> tf.Tensor:
     """Pastes box-relative mask probabilities into full-image binary masks.
 
-    Matches `official.vision.ops.mask_ops.paste_instance_masks` (>= 99% pixel agreement,
-    differences come only from float32 vs float64 sampling at the threshold).
+    Matches `official.vision.ops.mask_ops.paste_instance_masks` pixel for pixel up to
+    floating-point rounding of samples that fall exactly on the threshold.
 
     Args:
       masks: float [K, mh, mw] mask probabilities relative to each box (the sigmoid output
