@@ -1,0 +1,102 @@
+"""Restores a backbone (+ decoder) from a tfcp checkpoint or a feature-extractor SavedModel.
+
+Both a `tf.train.Checkpoint` written by the trainer (objects under e.g. `model/backbone/`)
+and an exported SavedModel whose root module holds `backbone` (and `decoder`) store an
+object-graph checkpoint; the SavedModel keeps it at `<dir>/variables/variables`. We locate
+the object path that leads to `backbone/` in that checkpoint and restore through a nested
+`tf.train.Checkpoint` of the same shape, so variables are matched by object path, and
+every variable of the backbone (and decoder, when the checkpoint has one) must match.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+
+import tensorflow as tf
+import tf_keras
+
+
+def resolve_checkpoint_path(path: str) -> str:
+    """Returns the checkpoint file prefix for a prefix, a checkpoint dir or a SavedModel dir.
+
+    Raises:
+      FileNotFoundError: nothing loadable at `path`.
+    """
+    if tf.io.gfile.isdir(path):
+        if tf.saved_model.contains_saved_model(path):
+            prefix = os.path.join(path, "variables", "variables")
+            if tf.io.gfile.exists(prefix + ".index"):
+                return prefix
+            raise FileNotFoundError(f"SavedModel {path} has no variables/variables.index")
+        latest = tf.train.latest_checkpoint(path)
+        if latest:
+            return latest
+        raise FileNotFoundError(
+            f"init checkpoint directory {path} holds neither a checkpoint nor a SavedModel"
+        )
+    if tf.io.gfile.exists(path + ".index"):
+        return path
+    raise FileNotFoundError(f"init checkpoint {path} not found (no {path}.index)")
+
+
+def _owner_prefix(keys: list[str], module: str) -> tuple[str, ...] | None:
+    """Most common object path P such that variable keys start with P/module/."""
+    counts: collections.Counter[tuple[str, ...]] = collections.Counter()
+    for key in keys:
+        parts = key.split("/")
+        if module in parts:
+            index = parts.index(module)
+            if index + 1 < len(parts):
+                counts[tuple(parts[:index])] += 1
+    if not counts:
+        return None
+    return min(counts, key=lambda p: (len(p), -counts[p]))
+
+
+def _nest(prefix: tuple[str, ...], leaves: dict[str, tf_keras.Model]) -> tf.train.Checkpoint:
+    node = tf.train.Checkpoint(**leaves)
+    for name in reversed(prefix):
+        node = tf.train.Checkpoint(**{name: node})
+    return node
+
+
+def restore_backbone_and_decoder(
+    path: str, backbone: tf_keras.Model, decoder: tf_keras.Model | None = None
+) -> list[str]:
+    """Restores `backbone` (and `decoder` if given and present) from `path`.
+
+    Args:
+      path: checkpoint prefix, checkpoint directory (latest is used) or SavedModel dir.
+      backbone: the built backbone whose variables are overwritten.
+      decoder: optional built decoder (FPN/NAS-FPN); restored if the checkpoint has one.
+
+    Returns:
+      The restored module names, e.g. ['backbone', 'decoder'].
+
+    Raises:
+      FileNotFoundError: `path` is missing.
+      ValueError: the checkpoint has no backbone, or a variable is missing or has a
+        different shape (the message names the path and the mismatch).
+    """
+    prefix = resolve_checkpoint_path(path)
+    keys = [name for name, _ in tf.train.list_variables(prefix)]
+    backbone_owner = _owner_prefix(keys, "backbone")
+    if backbone_owner is None:
+        raise ValueError(f"init checkpoint {path} ({prefix}) contains no 'backbone' variables")
+    leaves = {"backbone": backbone}
+    if decoder is not None and any(
+        k.startswith("/".join(backbone_owner + ("decoder", ""))) for k in keys
+    ):
+        leaves["decoder"] = decoder
+    checkpoint = _nest(backbone_owner, leaves)
+    try:
+        status = checkpoint.read(prefix)
+        status.expect_partial()
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        raise ValueError(
+            f"init checkpoint {path} is incompatible with the model's "
+            f"{' + '.join(leaves)}: {str(e)[:2000]}"
+        ) from e
+    return list(leaves)

@@ -1,0 +1,215 @@
+"""Mask R-CNN task: Mask R-CNN, Cascade Mask R-CNN and Faster R-CNN on COCO-format data.
+
+Inputs come from `tfcp.data.pipeline.build_dataset` (gin scopes `train` / `eval`) in
+Model Garden's `maskrcnn_input.Parser` structure; losses are Model Garden's
+(`tfcp.modeling.losses`); evaluation is COCO box/mask AP through
+`tfcp.evaluation.coco.CocoEvaluator`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gin
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from absl import logging
+from official.vision.ops import preprocess_ops
+
+from tfcp.modeling import factory, losses, postprocess
+from tfcp.modeling import init_checkpoint as init_checkpoint_lib
+from tfcp.tasks import base
+
+
+@gin.configurable
+class MaskRCNNTask(base.Task):
+    """Trains and evaluates a Model Garden `MaskRCNNModel` built by tfcp's gin builders."""
+
+    def __init__(
+        self,
+        model_builder: Callable[[], tf_keras.Model] = factory.build_maskrcnn,
+        annotation_file: str | None = None,
+        loss_config: losses.MaskRCNNLossConfig | None = None,
+        init_checkpoint_modules: tuple[str, ...] = ("backbone", "decoder"),
+        num_sample_images: int = 4,
+    ):
+        """Creates the task.
+
+        Args:
+          model_builder: zero-argument callable returning the built model; by default
+            `tfcp.modeling.factory.build_maskrcnn` with its gin bindings.
+          annotation_file: COCO JSON of the evaluation split (macro EVAL_ANNOTATIONS);
+            required for evaluation.
+          loss_config: loss hyper-parameters (None = Model Garden defaults).
+          init_checkpoint_modules: what `initialize` restores: ('backbone',) or
+            ('backbone', 'decoder').
+          num_sample_images: how many images `sample_images` draws.
+        """
+        unknown = set(init_checkpoint_modules) - {"backbone", "decoder"}
+        if "backbone" not in init_checkpoint_modules or unknown:
+            raise ValueError(
+                "init_checkpoint_modules must be ('backbone',) or ('backbone', 'decoder'), "
+                f"got {init_checkpoint_modules!r}"
+            )
+        self._model_builder = model_builder
+        self._annotation_file = annotation_file
+        self._loss_config = loss_config or losses.MaskRCNNLossConfig()
+        self._init_modules = tuple(init_checkpoint_modules)
+        self._num_sample_images = num_sample_images
+        self._evaluator = None
+
+    # ----------------------------------------------------------------- model & data
+    def build_model(self) -> tf_keras.Model:
+        return self._model_builder()
+
+    def build_inputs(
+        self, is_training: bool, input_context: tf.distribute.InputContext | None = None
+    ) -> tf.data.Dataset:
+        from tfcp.data import pipeline  # noqa: PLC0415 - heavy, and only needed here
+
+        with gin.config_scope("train" if is_training else "eval"):
+            return pipeline.build_dataset(is_training=is_training, input_context=input_context)
+
+    # ----------------------------------------------------------------------- losses
+    def build_losses(
+        self, model: tf_keras.Model, features: Any, labels: Any, training: bool
+    ) -> dict[str, tf.Tensor]:
+        """Training-mode forward pass + Model Garden's Mask R-CNN losses.
+
+        Args:
+          model: the model from `build_model`.
+          features: float [B, H, W, 3] normalized images.
+          labels: train labels of the parser (anchor_boxes, image_info,
+            rpn_score_targets, rpn_box_targets, gt_boxes, gt_classes, gt_masks).
+          training: must be True: the RoI sampling that produces the Fast R-CNN and
+            mask targets only runs in training mode (evaluation uses `validation_step`).
+
+        Returns:
+          dict of float32 scalars, see `tfcp.modeling.losses.maskrcnn_losses`.
+        """
+        if not training:
+            raise ValueError(
+                "MaskRCNNTask.build_losses needs training=True (RoI sampling builds the "
+                "targets); use validation_step for evaluation"
+            )
+        props = factory.model_properties(model)
+        model_kwargs = {
+            "image_shape": labels["image_info"][:, 1, :],
+            "anchor_boxes": labels["anchor_boxes"],
+            "gt_boxes": labels["gt_boxes"],
+            "gt_classes": labels["gt_classes"],
+            "training": True,
+        }
+        if props["include_mask"]:
+            model_kwargs["gt_masks"] = labels["gt_masks"]
+        outputs = model(features, **model_kwargs)
+        outputs = tf.nest.map_structure(lambda x: tf.cast(x, tf.float32), outputs)
+        return losses.maskrcnn_losses(
+            outputs,
+            labels,
+            num_detection_heads=props["num_detection_heads"],
+            class_agnostic_bbox_pred=props["class_agnostic_bbox_pred"],
+            include_mask=props["include_mask"],
+            config=self._loss_config,
+        )
+
+    # ------------------------------------------------------------------- evaluation
+    def validation_step(self, model: tf_keras.Model, features: Any, labels: Any) -> dict[str, Any]:
+        """Inference forward pass.
+
+        Returns:
+          dict with `source_id` [B], `image_info` float32 [B, 4, 2], `detection_boxes`
+          float32 [B, K, 4] (ymin, xmin, ymax, xmax) in ORIGINAL-image pixels,
+          `detection_scores` float32 [B, K], `detection_classes` int32 [B, K],
+          `num_detections` int32 [B] and, with masks, `detection_masks_relative`
+          float32 [B, K, m, m] mask probabilities inside each box.
+        """
+        image_info = labels["image_info"]
+        outputs = model(
+            features,
+            anchor_boxes=labels["anchor_boxes"],
+            image_shape=image_info[:, 1, :],
+            training=False,
+        )
+        step_outputs = {
+            "source_id": labels["groundtruths"]["source_id"],
+            "image_info": tf.cast(image_info, tf.float32),
+            "detection_boxes": postprocess.boxes_to_original_pixels(
+                outputs["detection_boxes"], image_info
+            ),
+            "detection_scores": tf.cast(outputs["detection_scores"], tf.float32),
+            "detection_classes": tf.cast(outputs["detection_classes"], tf.int32),
+            "num_detections": tf.cast(outputs["num_detections"], tf.int32),
+        }
+        if "detection_masks" in outputs:
+            step_outputs["detection_masks_relative"] = tf.cast(
+                outputs["detection_masks"], tf.float32
+            )
+        return step_outputs
+
+    def evaluator_begin(self) -> None:
+        if not self._annotation_file:
+            raise ValueError(
+                "MaskRCNNTask.annotation_file (macro EVAL_ANNOTATIONS) is required for evaluation"
+            )
+        if self._evaluator is None:
+            from tfcp.evaluation import coco  # noqa: PLC0415 - pycocotools only for eval
+
+            self._evaluator = coco.CocoEvaluator(self._annotation_file)
+        self._evaluator.reset()
+
+    def evaluator_update(self, step_outputs: dict[str, Any]) -> None:
+        if self._evaluator is None:
+            raise RuntimeError("evaluator_update called before evaluator_begin")
+        predictions = {k: v for k, v in step_outputs.items() if k != "image_info"}
+        self._evaluator.update(predictions)
+
+    def evaluator_result(self) -> dict[str, float]:
+        if self._evaluator is None:
+            raise RuntimeError("evaluator_result called before evaluator_begin")
+        return {k: float(v) for k, v in self._evaluator.result().items()}
+
+    # -------------------------------------------------------------- initialization
+    def initialize(self, model: tf_keras.Model, init_checkpoint: str | None) -> None:
+        """Restores backbone (+ decoder) weights; see `tfcp.modeling.init_checkpoint`."""
+        if not init_checkpoint:
+            return
+        decoder = model.decoder if "decoder" in self._init_modules else None
+        restored = init_checkpoint_lib.restore_backbone_and_decoder(
+            init_checkpoint, model.backbone, decoder
+        )
+        logging.info("Initialized %s from %s", " + ".join(restored), init_checkpoint)
+
+    # ---------------------------------------------------------------- summaries
+    def sample_images(
+        self, features: Any, labels: Any, outputs: dict[str, Any] | None = None
+    ) -> np.ndarray | None:
+        """Un-normalized input images with boxes drawn, uint8 [N, H, W, 3].
+
+        Draws the ground-truth boxes of training labels, or the detections of
+        `validation_step` outputs (score >= 0.3) when `outputs` is given.
+        """
+        n = self._num_sample_images
+        images = tf.cast(features[:n], tf.float32)
+        images = images * tf.constant(preprocess_ops.STDDEV_RGB) + tf.constant(
+            preprocess_ops.MEAN_RGB
+        )
+        height = tf.cast(tf.shape(images)[1], tf.float32)
+        width = tf.cast(tf.shape(images)[2], tf.float32)
+        if outputs is not None and "detection_boxes" in outputs:
+            boxes = postprocess.boxes_to_input_pixels(
+                outputs["detection_boxes"][:n], labels["image_info"][:n]
+            )
+            keep = tf.cast(outputs["detection_scores"][:n] >= 0.3, tf.float32)[..., None]
+            boxes = boxes * keep
+        elif "gt_boxes" in labels:
+            boxes = tf.cast(labels["gt_boxes"][:n], tf.float32)
+            boxes = tf.where(boxes < 0, tf.zeros_like(boxes), boxes)  # -1 padding
+        else:
+            boxes = tf.zeros([tf.shape(images)[0], 0, 4])
+        boxes = boxes / tf.stack([height, width, height, width])
+        colors = tf.constant([[0.0, 255.0, 0.0, 255.0]])
+        drawn = tf.image.draw_bounding_boxes(images, boxes, colors)
+        return tf.cast(tf.clip_by_value(tf.round(drawn), 0, 255), tf.uint8).numpy()
