@@ -1,0 +1,181 @@
+"""Tests for tfcp.data.pipeline (structure vs Model Garden's parser, determinism, eval)."""
+
+import os
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+from official.vision.dataloaders import maskrcnn_input, tf_example_decoder
+
+from tfcp.data import pipeline, schema
+
+SIZE = 64
+CROWD_CLASS = 9
+SMALL = dict(
+    image_size=SIZE,
+    max_num_instances=12,
+    mask_crop_size=16,
+    shuffle_buffer=8,
+    occluded_area_threshold=4.0,
+)
+
+
+def _record(index: int, rng: np.random.Generator) -> bytes:
+    height, width = 48, 64
+    image = rng.integers(0, 255, [height, width, 3], dtype=np.uint8)
+    boxes, masks, classes, crowd = [], [], [], []
+    for j in range(3 + index % 3):
+        y0, x0 = rng.integers(0, height - 16), rng.integers(0, width - 16)
+        h, w = rng.integers(8, 16), rng.integers(8, 16)
+        mask = np.zeros([height, width], np.uint8)
+        mask[y0 : y0 + h, x0 : x0 + w] = 1
+        image[mask > 0] = (40 * j) % 255
+        masks.append(mask)
+        boxes.append([y0 / height, x0 / width, (y0 + h) / height, (x0 + w) / width])
+        is_crowd = j == 2
+        classes.append(CROWD_CLASS if is_crowd else 1 + j)
+        crowd.append(int(is_crowd))
+    example = schema.make_example(
+        encoded_image=schema.encode_png(image),
+        image_format="png",
+        height=height,
+        width=width,
+        source_id=str(100 + index),
+        boxes=np.asarray(boxes, np.float32),
+        classes=classes,
+        is_crowd=crowd,
+        masks=np.stack(masks),
+    )
+    return example.SerializeToString()
+
+
+class PipelineTest(tf.test.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls._tmp = tempfile.TemporaryDirectory()
+        rng = np.random.default_rng(0)
+        cls.num_records = 7
+        cls.records = [_record(i, rng) for i in range(cls.num_records)]
+        cls.pattern = os.path.join(cls._tmp.name, "train-*.tfrecord")
+        for shard in range(2):
+            path = os.path.join(cls._tmp.name, f"train-{shard}.tfrecord")
+            with tf.io.TFRecordWriter(path) as writer:
+                for record in cls.records[shard::2]:
+                    writer.write(record)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp.cleanup()
+        super().tearDownClass()
+
+    def _batches(self, num, **kwargs):
+        args = dict(SMALL, file_pattern=self.pattern, global_batch_size=2, seed=3)
+        args.update(kwargs)
+        return list(pipeline.build_dataset(**args).take(num))
+
+    def test_train_structure_matches_model_garden_parser(self):
+        parser = maskrcnn_input.Parser(
+            output_size=[SIZE, SIZE],
+            min_level=2,
+            max_level=6,
+            num_scales=1,
+            aspect_ratios=[0.5, 1.0, 2.0],
+            anchor_size=8.0,
+            aug_rand_hflip=True,
+            aug_scale_min=0.1,
+            aug_scale_max=2.0,
+            include_mask=True,
+            max_num_instances=12,
+            mask_crop_size=16,
+        )
+        decoded = tf_example_decoder.TfExampleDecoder(include_mask=True).decode(
+            tf.constant(self.records[0])
+        )
+        mg_image, mg_labels = parser.parse_fn(is_training=True)(decoded)
+        images, labels = self._batches(1)[0]
+        tf.nest.assert_same_structure(mg_labels, labels)
+        self.assertEqual(images.shape, [2, *mg_image.shape])
+        self.assertEqual(images.dtype, mg_image.dtype)
+        flat_mg = tf.nest.flatten(mg_labels)
+        for path, (mg, ours) in enumerate(zip(flat_mg, tf.nest.flatten(labels), strict=True)):
+            self.assertEqual(ours.shape, [2, *mg.shape], path)
+            self.assertEqual(ours.dtype, mg.dtype, path)
+        # Normalized like Model Garden's: gray padding 128 -> (128/255 - mean) / std.
+        self.assertLess(float(tf.reduce_max(tf.abs(images))), 3.0)
+        # Anchors are Model Garden's, identical for every image.
+        for level, anchors in labels["anchor_boxes"].items():
+            self.assertAllClose(anchors[0], mg_labels["anchor_boxes"][level])
+
+    def test_targets_are_consistent(self):
+        for _, labels in self._batches(3):
+            boxes, classes = labels["gt_boxes"].numpy(), labels["gt_classes"].numpy()
+            valid = classes >= 0
+            self.assertTrue(valid.any())
+            self.assertNotIn(CROWD_CLASS, classes)  # crowds skipped in training targets
+            self.assertTrue((boxes[~valid] == -1).all())
+            self.assertTrue((boxes[valid] >= 0).all() and (boxes[valid] <= SIZE).all())
+            self.assertTrue((boxes[valid][:, 2] > boxes[valid][:, 0]).all())
+            masks = labels["gt_masks"].numpy()
+            self.assertTrue((masks[~valid] == -1).all())
+            self.assertTrue(((masks[valid] >= 0) & (masks[valid] <= 1)).all())
+            self.assertGreater(masks[valid].mean(), 0.3)  # rectangle masks fill their boxes
+            scores = np.concatenate(
+                [s.numpy().ravel() for s in labels["rpn_score_targets"].values()]
+            )
+            self.assertLessEqual(int((scores >= 0).sum()), 2 * 256)
+            self.assertGreater(int((scores == 1).sum()), 0)
+
+    def test_same_seed_same_batches_for_any_parallelism(self):
+        sequential = self._batches(2, num_parallel_calls=1)
+        parallel = self._batches(2, num_parallel_calls=4)
+        for a, b in zip(sequential, parallel, strict=True):
+            tf.nest.map_structure(self.assertAllEqual, a, b)
+        other_seed = self._batches(1, seed=4)[0]
+        self.assertNotAllClose(sequential[0][0], other_seed[0])
+
+    def test_copy_paste_changes_batches_and_marks_pasted(self):
+        plain = self._batches(3, copy_paste_prob=0.0)
+        pasted = self._batches(3, copy_paste_prob=1.0, keep_is_pasted=True)
+        self.assertNotIn("gt_is_pasted", plain[0][1])
+        self.assertNotAllClose(plain[0][0], pasted[0][0])
+        is_pasted = np.concatenate([b[1]["gt_is_pasted"].numpy() for b in pasted])
+        classes = np.concatenate([b[1]["gt_classes"].numpy() for b in pasted])
+        self.assertTrue(is_pasted.any())
+        self.assertTrue((classes[is_pasted] >= 1).all())  # pasted slots are real objects
+
+    def test_sharding_by_input_context(self):
+        ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1)
+        batches = self._batches(1, input_context=ctx, global_batch_size=4)
+        self.assertEqual(batches[0][0].shape[0], 4)
+
+    def test_eval_keeps_every_image_in_order(self):
+        dataset = pipeline.build_dataset(
+            file_pattern=self.pattern,
+            is_training=False,
+            global_batch_size=3,
+            image_size=SIZE,
+            max_num_instances=12,
+        )
+        batches = list(dataset)
+        self.assertEqual([b[0].shape[0] for b in batches], [3, 3, 1])
+        ids = np.concatenate([b[1]["groundtruths"]["source_id"].numpy() for b in batches])
+        self.assertCountEqual(ids, [100 + i for i in range(self.num_records)])
+        first = batches[0][1]
+        self.assertAllClose(first["image_info"][0], [[48, 64], [SIZE, SIZE], [1, 1], [0, 0]])
+        gt = first["groundtruths"]
+        self.assertEqual(int(gt["num_detections"][0]), 3)
+        self.assertAllEqual(gt["is_crowds"][0, :3], [0, 0, 1])  # crowds kept for COCO eval
+        self.assertTrue((gt["boxes"][0, 3:] == -1).numpy().all())
+
+    def test_missing_files_name_the_pattern(self):
+        with self.assertRaisesRegex(ValueError, "nothing-here"):
+            pipeline.build_dataset(file_pattern="/nonexistent/nothing-here-*.tfrecord")
+
+    def test_image_size_must_fit_the_levels(self):
+        with self.assertRaisesRegex(ValueError, "multiple"):
+            pipeline.build_dataset(file_pattern=self.pattern, image_size=100)
+
+
+if __name__ == "__main__":
+    tf.test.main()

@@ -1,0 +1,223 @@
+"""Mask R-CNN training and eval targets, in the structure of Model Garden's parser.
+
+`maskrcnn_train_targets` produces exactly what `official.vision.dataloaders.maskrcnn_input.
+Parser._parse_train_data` returns (and what Model Garden's Mask R-CNN model and losses take),
+from an example already jittered to its output size. Anchors, anchor matching and box
+encoding are Model Garden's; only the RPN positive/negative subsampling is replaced by a
+stateless equivalent so that the same seed gives the same targets under any tf.data
+parallelism (Model Garden's sampler calls the stateful `tf.random.shuffle`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+from official.vision.dataloaders import utils as dataloader_utils
+from official.vision.ops import anchor, preprocess_ops
+
+
+def _stateless_subsample(indicator: tf.Tensor, num_samples: tf.Tensor, seed: tf.Tensor):
+    """Picks `min(num_samples, count)` true entries of bool [A] `indicator` at random."""
+    indices = tf.where(indicator)[:, 0]
+    indices = tf.random.experimental.stateless_shuffle(indices, seed)
+    num = tf.minimum(tf.size(indices), num_samples)
+    picked = indices[:num]
+    return tf.scatter_nd(
+        picked[:, None], tf.ones([num], tf.bool), tf.shape(indicator, out_type=tf.int64)
+    )
+
+
+class StatelessRpnAnchorLabeler(anchor.RpnAnchorLabeler):
+    """Model Garden's `RpnAnchorLabeler` with stateless (seeded) fg/bg subsampling.
+
+    The sampling rule is the one of `BalancedPositiveNegativeSampler(is_static=False)`: up
+    to `fg_fraction * batch_size` positives, then `batch_size - num_positives` negatives,
+    each chosen uniformly at random.
+    """
+
+    def __init__(self, seed: tf.Tensor, **kwargs):
+        super().__init__(**kwargs)
+        self._seed = tf.cast(seed, tf.int64)
+
+    def _get_rpn_samples(self, match_results):
+        pos_seed, neg_seed = tf.unstack(tf.random.experimental.stateless_split(self._seed, 2))
+        indicator = tf.greater(match_results, -2)
+        labels = tf.greater(match_results, -1)
+        max_pos = int(self._rpn_fg_fraction * self._rpn_batch_size_per_im)
+        positives = _stateless_subsample(tf.logical_and(labels, indicator), max_pos, pos_seed)
+        num_pos = tf.reduce_sum(tf.cast(positives, tf.int32))
+        negatives = _stateless_subsample(
+            tf.logical_and(tf.logical_not(labels), indicator),
+            self._rpn_batch_size_per_im - num_pos,
+            neg_seed,
+        )
+        positive_labels = 2 * tf.cast(positives, tf.int32)
+        negative_labels = tf.cast(negatives, tf.int32)
+        score_targets = positive_labels + negative_labels - 1
+        return score_targets, positive_labels, negative_labels
+
+
+def anchor_boxes(
+    image_size: int,
+    *,
+    min_level: int,
+    max_level: int,
+    num_scales: int,
+    aspect_ratios: Sequence[float],
+    anchor_size: float,
+) -> dict[str, tf.Tensor]:
+    """Model Garden multilevel anchors {str(level): float32 [S/2^l, S/2^l, A*4]}."""
+    generator = anchor.build_anchor_generator(
+        min_level=min_level,
+        max_level=max_level,
+        num_scales=num_scales,
+        aspect_ratios=list(aspect_ratios),
+        anchor_size=anchor_size,
+    )
+    return generator(image_size=(image_size, image_size))
+
+
+def maskrcnn_train_targets(
+    example: dict[str, tf.Tensor],
+    seed: tf.Tensor,
+    *,
+    image_size: int,
+    anchor_config: dict,
+    rpn_match_threshold: float = 0.7,
+    rpn_unmatched_threshold: float = 0.3,
+    rpn_batch_size_per_im: int = 256,
+    rpn_fg_fraction: float = 0.5,
+    max_num_instances: int = 100,
+    mask_crop_size: int = 112,
+    include_mask: bool = True,
+    skip_crowd: bool = True,
+    keep_is_pasted: bool = False,
+) -> tuple[tf.Tensor, dict]:
+    """Builds `(image, labels)` like `maskrcnn_input.Parser._parse_train_data`.
+
+    Args:
+      example: a jittered (and possibly copy-pasted) example at [S, S]: `image` uint8
+        [S, S, 3], `groundtruth_boxes` float32 [N, 4] normalized, `groundtruth_classes` int
+        [N], `groundtruth_is_crowd` bool [N], `groundtruth_instance_masks` uint8 [N, S, S],
+        `image_info` float32 [4, 2]; optional `groundtruth_is_pasted` bool [N].
+      seed: int [2], the seed of the RPN anchor subsampling.
+      image_size: S (a multiple of 2**max_level).
+      anchor_config: kwargs of `anchor_boxes` (min_level, max_level, num_scales,
+        aspect_ratios, anchor_size).
+      rpn_match_threshold, rpn_unmatched_threshold, rpn_batch_size_per_im,
+        rpn_fg_fraction: RPN anchor labeling, as Model Garden's.
+      max_num_instances: K, the padded number of objects.
+      mask_crop_size: M, the size of the mask targets.
+      include_mask: produce `gt_masks` and `gt_outer_boxes`.
+      skip_crowd: drop crowd objects from the targets (Model Garden's default).
+      keep_is_pasted: also output `gt_is_pasted` bool [K] (for visualization).
+
+    Returns:
+      `image` float32 [S, S, 3] normalized with MEAN_NORM/STDDEV_NORM, and labels:
+      `anchor_boxes` {level: [h, w, A*4]}, `image_info` [4, 2], `rpn_score_targets`
+      {level: [h, w, A]} int32, `rpn_box_targets` {level: [h, w, A*4]}, `gt_boxes` float32
+      [K, 4] in output pixels padded with -1, `gt_classes` [K] padded with -1, and with
+      masks `gt_outer_boxes` [K, 4] and `gt_masks` float32 [K, M, M] padded with -1.
+    """
+    boxes = example["groundtruth_boxes"] * float(image_size)
+    classes = example["groundtruth_classes"]
+    if skip_crowd:
+        keep = tf.where(tf.logical_not(example["groundtruth_is_crowd"]))[:, 0]
+    else:
+        keep = tf.range(tf.shape(classes, out_type=tf.int64)[0])
+    boxes = tf.gather(boxes, keep)
+    classes = tf.gather(classes, keep)
+
+    image = preprocess_ops.normalize_image(example["image"])
+    anchors = anchor_boxes(image_size, **anchor_config)
+    labeler = StatelessRpnAnchorLabeler(
+        seed,
+        match_threshold=rpn_match_threshold,
+        unmatched_threshold=rpn_unmatched_threshold,
+        rpn_batch_size_per_im=rpn_batch_size_per_im,
+        rpn_fg_fraction=rpn_fg_fraction,
+    )
+    score_targets, box_targets = labeler.label_anchors(
+        anchors, boxes, tf.cast(classes[:, None], tf.float32)
+    )
+    labels = {
+        "anchor_boxes": anchors,
+        "image_info": example["image_info"],
+        "rpn_score_targets": score_targets,
+        "rpn_box_targets": box_targets,
+        "gt_boxes": preprocess_ops.clip_or_pad_to_fixed_size(boxes, max_num_instances, -1),
+        "gt_classes": preprocess_ops.clip_or_pad_to_fixed_size(classes, max_num_instances, -1),
+    }
+    if include_mask:
+        masks = tf.gather(example["groundtruth_instance_masks"], keep)
+        # Same box convention as Model Garden's parser (boxes normalized by the image size,
+        # read by crop_and_resize as y * (S - 1)); only the box regions are sampled.
+        masks = tf.image.crop_and_resize(
+            masks[..., None],
+            boxes / float(image_size),
+            box_indices=tf.range(tf.shape(boxes)[0]),
+            crop_size=[mask_crop_size, mask_crop_size],
+            method="bilinear",
+        )[..., 0]
+        labels["gt_outer_boxes"] = labels["gt_boxes"]
+        labels["gt_masks"] = preprocess_ops.clip_or_pad_to_fixed_size(masks, max_num_instances, -1)
+    if keep_is_pasted:
+        is_pasted = tf.gather(example["groundtruth_is_pasted"], keep)
+        labels["gt_is_pasted"] = preprocess_ops.clip_or_pad_to_fixed_size(
+            is_pasted, max_num_instances, False
+        )
+    return image, labels
+
+
+def maskrcnn_eval_targets(
+    decoded: dict[str, tf.Tensor],
+    image: tf.Tensor,
+    image_info: tf.Tensor,
+    *,
+    image_size: int,
+    anchor_config: dict,
+    max_num_instances: int = 100,
+    numeric_source_id: bool = True,
+) -> tuple[tf.Tensor, dict]:
+    """Builds `(image, labels)` like `maskrcnn_input.Parser._parse_eval_data`.
+
+    Args:
+      decoded: the decoded example (`tfcp.data.decoder.decode`), original annotations.
+      image: uint8 [S, S, 3], the image after `scale_jitter.resize_for_eval`.
+      image_info: float32 [4, 2] from `resize_for_eval`.
+      image_size: S.
+      anchor_config: kwargs of `anchor_boxes`.
+      max_num_instances: K, the padded number of ground-truth objects.
+      numeric_source_id: convert `source_id` to int64 as Model Garden's COCO evaluator
+        expects (COCO image ids); False keeps the string (e.g. VOC file stems).
+
+    Returns:
+      `image` float32 [S, S, 3] normalized, and labels {`image_info` [4, 2],
+      `anchor_boxes`, `groundtruths`: {`source_id`, `height`, `width`, `num_detections`,
+      `boxes` [K, 4] original-image pixels (padded -1), `classes` [K] (-1), `areas` [K]
+      (-1), `is_crowds` int32 [K] (0)}}.
+    """
+    height = tf.cast(decoded["height"], tf.float32)
+    width = tf.cast(decoded["width"], tf.float32)
+    boxes = decoded["groundtruth_boxes"] * tf.stack([height, width, height, width])
+    source_id = decoded["source_id"]
+    if numeric_source_id:
+        source_id = dataloader_utils.process_source_id(source_id)
+    groundtruths = {
+        "source_id": source_id,
+        "height": decoded["height"],
+        "width": decoded["width"],
+        "num_detections": tf.shape(decoded["groundtruth_classes"])[0],
+        "boxes": boxes,
+        "classes": decoded["groundtruth_classes"],
+        "areas": decoded["groundtruth_area"],
+        "is_crowds": tf.cast(decoded["groundtruth_is_crowd"], tf.int32),
+    }
+    groundtruths = dataloader_utils.pad_groundtruths_to_fixed_size(groundtruths, max_num_instances)
+    labels = {
+        "image_info": image_info,
+        "anchor_boxes": anchor_boxes(image_size, **anchor_config),
+        "groundtruths": groundtruths,
+    }
+    return preprocess_ops.normalize_image(image), labels
