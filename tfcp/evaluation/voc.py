@@ -15,11 +15,13 @@ AP definitions: the 11-point interpolated AP of VOC2007 (mean over recall thresh
 `use_07_metric`; both are always reported. The mean is over classes with at least one
 non-difficult ground-truth box; other classes have no defined AP and are left out.
 
-Pixel convention: the devkit works on integer, inclusive pixel boxes and adds 1 to widths
-and heights. Our boxes are continuous pixel coordinates from the model (and the TFRecord
-converters store continuous normalized coordinates), so by default IoU is computed on
-continuous boxes (`use_voc_pixel_convention=False`). Set it to True to reproduce the
-devkit exactly on integer boxes in the devkit's inclusive convention.
+Pixel convention: the devkit works on integer, inclusive, 1-based pixel boxes and adds 1
+to widths and heights. Our boxes are continuous pixel coordinates: the model predicts
+them, and `tfcp.data.voc_converter` stores a devkit box `[xmin, xmax]` as the continuous
+interval `[xmin - 1, xmax]`, whose length is the devkit's `xmax - xmin + 1`. So the default
+(`use_voc_pixel_convention=False`, continuous IoU) on converted ground truth equals the
+devkit's IoU on the original integer boxes. Set it to True only for boxes given in the
+devkit's own inclusive integer convention.
 """
 
 from __future__ import annotations
