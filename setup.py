@@ -19,6 +19,7 @@ setuptools.setup(
         "numpy",
         "pycocotools",
         "pillow",
+        "opencv-python-headless",
     ],
     extras_require={
         "dev": ["pytest", "pytest-timeout", "hypothesis", "ruff"],
