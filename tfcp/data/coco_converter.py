@@ -432,7 +432,7 @@ class CocoImageConverter:
             areas=areas,
             masks=np.asarray(masks, np.uint8).reshape([-1, h, w]) if self.include_masks else None,
         )
-        result.serialized = example.SerializeToString()
+        result.serialized = example.SerializeToString(deterministic=True)
         result.num_objects = len(classes)
         return result
 

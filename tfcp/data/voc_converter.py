@@ -300,7 +300,7 @@ class VocConverter:
                 difficult=difficult,
             )
             result.num_objects = len(classes)
-        result.serialized = example.SerializeToString()
+        result.serialized = example.SerializeToString(deterministic=True)
         return result
 
 
