@@ -1,0 +1,194 @@
+"""Input pipeline throughput and peak memory: Model Garden's parser vs tfcp (with/without CP).
+
+Each variant runs in its own subprocess (fair peak RSS, read from the child's
+`getrusage(RUSAGE_SELF).ru_maxrss`), on the same COCO-like generated records (640x480 JPEGs,
+about 7 instances per image, up to 40, PNG instance masks):
+
+  (a) model_garden: `TfExampleDecoder(include_mask=True)` + `maskrcnn_input.Parser` with LSJ
+      (aug_scale_min=0.1, aug_scale_max=2.0, random flip) - the baseline;
+  (b) tfcp_no_cp: `tfcp.data.pipeline.build_dataset(copy_paste_prob=0)`, LSJ;
+  (c) tfcp_cp: the same with Copy-Paste on every image (paper setting).
+
+All use parallel map (AUTOTUNE), batch `--batch_size`, warm up, then time `--num_batches`.
+The last stdout line is one JSON object. Usage:
+
+  python benchmarks/input_pipeline.py [--size 1024] [--batch_size 8] [--num_batches 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+VARIANTS = ("model_garden", "tfcp_no_cp", "tfcp_cp")
+NUM_RECORDS = 64
+
+
+def write_records(path: str, num: int, seed: int = 0) -> float:
+    """Writes `num` COCO-like examples; returns the mean number of instances per image."""
+    import tensorflow as tf
+    from PIL import Image
+
+    from tfcp.data import schema
+
+    rng = np.random.default_rng(seed)
+    height, width = 480, 640
+    yy, xx = np.mgrid[0:height, 0:width]
+    counts = []
+    with tf.io.TFRecordWriter(path) as writer:
+        for i in range(num):
+            base = rng.integers(0, 255, [height // 16, width // 16, 3], dtype=np.uint8)
+            image = np.asarray(Image.fromarray(base).resize((width, height)), np.uint8).copy()
+            n = int(np.clip(rng.poisson(6) + 1, 1, 40))
+            masks, boxes = [], []
+            for _ in range(n):
+                cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+                ry, rx = rng.uniform(8, height / 4), rng.uniform(8, width / 4)
+                mask = (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1).astype(np.uint8)
+                ys, xs = np.nonzero(mask)
+                if len(ys) == 0:
+                    continue
+                image[mask > 0] = rng.integers(0, 255, 3)
+                masks.append(mask)
+                boxes.append(
+                    [ys.min() / height, xs.min() / width, (ys.max() + 1) / height,
+                     (xs.max() + 1) / width]
+                )  # fmt: skip
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+            counts.append(len(masks))
+            example = schema.make_example(
+                encoded_image=buffer.getvalue(),
+                image_format="jpeg",
+                height=height,
+                width=width,
+                source_id=str(i + 1),
+                boxes=np.asarray(boxes, np.float32),
+                classes=[int(c) for c in rng.integers(1, 81, len(masks))],
+                is_crowd=[0] * len(masks),
+                areas=[float(m.sum()) for m in masks],
+                masks=np.stack(masks),
+            )
+            writer.write(example.SerializeToString())
+    return float(np.mean(counts))
+
+
+def _dataset(variant: str, path: str, size: int, batch_size: int):
+    import tensorflow as tf
+
+    if variant == "model_garden":
+        from official.vision.dataloaders import maskrcnn_input, tf_example_decoder
+
+        decoder = tf_example_decoder.TfExampleDecoder(include_mask=True)
+        parser = maskrcnn_input.Parser(
+            output_size=[size, size],
+            min_level=2,
+            max_level=6,
+            num_scales=1,
+            aspect_ratios=[0.5, 1.0, 2.0],
+            anchor_size=8.0,
+            aug_rand_hflip=True,
+            aug_scale_min=0.1,
+            aug_scale_max=2.0,
+            include_mask=True,
+            mask_crop_size=112,
+        )
+        parse = parser.parse_fn(is_training=True)
+        dataset = tf.data.TFRecordDataset(path).shuffle(64, seed=0).repeat()
+        dataset = dataset.map(
+            lambda s: parse(decoder.decode(s)), num_parallel_calls=tf.data.AUTOTUNE
+        )
+        return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    from tfcp.data import pipeline
+
+    return pipeline.build_dataset(
+        file_pattern=path,
+        is_training=True,
+        global_batch_size=batch_size,
+        image_size=size,
+        shuffle_buffer=64,
+        copy_paste_prob=1.0 if variant == "tfcp_cp" else 0.0,
+    )
+
+
+def run_variant(variant: str, path: str, size: int, batch_size: int, num_batches: int) -> dict:
+    """Times one variant in this process; returns images/s and peak RSS."""
+    iterator = iter(_dataset(variant, path, size, batch_size))
+    for _ in range(5):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(num_batches):
+        next(iterator)
+    elapsed = time.perf_counter() - start
+    return {
+        "variant": variant,
+        "images_per_s": num_batches * batch_size / elapsed,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--num_batches", type=int, default=30)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--data", default="", help="existing TFRecord; generated if empty")
+    parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args._child:
+        result = run_variant(args._child, args.data, args.size, args.batch_size, args.num_batches)
+        print(json.dumps(result))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.data or os.path.join(tmp, "coco_like.tfrecord")
+        mean_instances = None
+        if not args.data:
+            mean_instances = write_records(path, NUM_RECORDS)
+        results = {}
+        for variant in args.variants.split(","):
+            command = [sys.executable, __file__, "--_child", variant, "--data", path]
+            command += ["--size", str(args.size), "--batch_size", str(args.batch_size)]
+            command += ["--num_batches", str(args.num_batches)]
+            env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+            out = subprocess.run(command, capture_output=True, text=True, env=env)
+            if out.returncode:
+                sys.stderr.write(out.stderr[-4000:])
+                raise SystemExit(f"variant {variant} failed")
+            results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(json.dumps(results[variant]), flush=True)
+
+    speed = {k: round(v["images_per_s"], 2) for k, v in results.items()}
+    summary = dict(speed)
+    if "model_garden" in speed and "tfcp_cp" in speed:
+        summary["ratio_cp_vs_model_garden"] = round(speed["tfcp_cp"] / speed["model_garden"], 3)
+    if "model_garden" in speed and "tfcp_no_cp" in speed:
+        summary["ratio_no_cp_vs_model_garden"] = round(
+            speed["tfcp_no_cp"] / speed["model_garden"], 3
+        )
+    summary["peak_rss_mb"] = {k: round(v["peak_rss_mb"], 1) for k, v in results.items()}
+    summary.update(
+        size=args.size,
+        batch_size=args.batch_size,
+        num_batches=args.num_batches,
+        mean_instances=mean_instances,
+        cpu_count=os.cpu_count(),
+        load_avg_1m=os.getloadavg()[0],
+    )
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
