@@ -34,6 +34,7 @@ import tf_keras
 
 SAVED_MODEL_FILE = "saved_model.pb"
 _VARIABLES_PREFIX = os.path.join("variables", "variables")
+_VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 class FeatureExtractorModule(tf.Module):
@@ -154,11 +155,20 @@ def restore_into(
         raise ValueError("restore_into: the given models have no variables; build them first")
 
     stored = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
-    for name in models:
-        if not any(key.startswith(name + "/") for key in stored):
+    for name, model in models.items():
+        num_stored = sum(
+            key.startswith(name + "/") and key.endswith(_VALUE_SUFFIX) for key in stored
+        )
+        if not num_stored:
             raise ValueError(
                 f"restore_into: {saved_model_dir!r} has no '{name}' (it is not a "
                 "feature-extractor export, or it was exported without a decoder)"
+            )
+        num_given = len(_unique_variables([model]))
+        if num_stored != num_given:
+            raise ValueError(
+                f"restore_into: {saved_model_dir!r} holds {num_stored} {name} variables, "
+                f"the given {name} has {num_given} (different architecture)"
             )
     try:
         status = tf.train.Checkpoint(**models).read(prefix)
