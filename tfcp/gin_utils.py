@@ -51,7 +51,7 @@ def import_configurables(extra_modules: Sequence[str] = ()) -> list[str]:
 
 
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = ()) -> None:
-    """Parses gin files then bindings (bindings win), with includes resolved from any cwd.
+    """Imports the configurables, then parses gin files and bindings (bindings win).
 
     `include` paths are looked up relative to the current directory, then to the repo's
     `gin_configs/` directory, then to the repo root (so both `include 'models/x.gin'` and
@@ -61,6 +61,7 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = ()) -> Non
       GinConfigError: a missing file, an unknown configurable or parameter, or a syntax
         error; the message names the offending binding.
     """
+    import_configurables()
     for path in (GIN_CONFIGS_DIR, REPO_ROOT):
         if path not in _SEARCH_PATHS_ADDED:
             gin.add_config_file_search_path(path)

@@ -28,7 +28,6 @@ flags.mark_flag_as_required("model_dir")
 
 def main(argv):
     del argv
-    gin_utils.import_configurables()
     try:
         gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
     except gin_utils.GinConfigError as e:
