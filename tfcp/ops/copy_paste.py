@@ -57,11 +57,24 @@ def binarize_masks(masks: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.not_equal(masks, 0), tf.uint8)
 
 
-def _packable(width: tf.Tensor, static_width) -> tf.Tensor | bool:
-    """Whether rows of this width can be viewed as uint64 words of 8 mask bytes."""
-    if static_width is not None:
-        return static_width % 8 == 0
-    return tf.equal(width % 8, 0)
+def _divisible_by_8(*dims) -> tf.Tensor | bool:
+    """Whether the product of `dims` (ints or scalar tensors) is a multiple of 8.
+
+    A Python bool when all dims are static, so that reshapes to [..., 8] are only traced when
+    they are valid.
+    """
+    if all(isinstance(d, int) for d in dims):
+        return int(np.prod(dims)) % 8 == 0
+    product = tf.constant(1, tf.int32)
+    for d in dims:
+        product *= tf.cast(d, tf.int32)
+    return tf.equal(product % 8, 0)
+
+
+def _dims(x: tf.Tensor) -> list:
+    """Each dimension of x as a Python int when static, else as a scalar tensor."""
+    dynamic = tf.shape(x)
+    return [d if d is not None else dynamic[i] for i, d in enumerate(x.shape.as_list())]
 
 
 def _branch(pred, true_fn, false_fn):
@@ -120,7 +133,10 @@ def mask_union(masks: tf.Tensor) -> tf.Tensor:
     def plain():
         return tf.reduce_max(masks, axis=0)
 
-    return tf.cond(tf.equal((h * w) % 8, 0) & (m <= 255), packed, plain)
+    divisible = _divisible_by_8(*_dims(masks)[1:])
+    if divisible is False:
+        return plain()
+    return tf.cond(tf.convert_to_tensor(divisible) & (m <= 255), packed, plain)
 
 
 def column_any(masks: tf.Tensor) -> tf.Tensor:
@@ -148,7 +164,7 @@ def column_any(masks: tf.Tensor) -> tf.Tensor:
     def plain():
         return tf.reduce_max(masks, axis=1) > 0
 
-    return _branch(_packable(w, masks.shape[2]), packed, plain)
+    return _branch(_divisible_by_8(_dims(masks)[2]), packed, plain)
 
 
 def tight_boxes(rows_any: tf.Tensor, cols_any: tf.Tensor) -> tf.Tensor:
@@ -265,11 +281,15 @@ def _paste_image(
     """I = src * a + tgt * (1 - a) in the target's dtype; a = union, Gaussian-smoothed if sigma."""
     source = _cast_like(source, target.dtype)
     if blend_sigma == 0.0:
-        if target.dtype != tf.uint8 or target.shape[2] != 3 or sys.byteorder != "little":
+        h, w, c = _dims(target)
+        if target.dtype != tf.uint8 or (isinstance(c, int) and c != 3) or sys.byteorder != "little":
             return _select_pixels(union, source, target)
-        shape = tf.shape(target)
-        return tf.cond(
-            tf.equal((shape[0] * shape[1]) % 8, 0),
+        if isinstance(c, int):
+            packable = _divisible_by_8(h, w)
+        else:
+            packable = tf.convert_to_tensor(_divisible_by_8(h, w)) & tf.equal(c, 3)
+        return _branch(
+            packable,
             lambda: _select_pixels_rgb8(union, source, target),
             lambda: _select_pixels(union, source, target),
         )
