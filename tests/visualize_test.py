@@ -1,0 +1,129 @@
+"""Tests for tfcp.visualize and the shipped gin_configs/data/*.gin files."""
+
+import glob
+import os
+import tempfile
+
+import gin
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+from absl.testing import flagsaver
+from PIL import Image
+
+from tfcp import visualize
+from tfcp.data import pipeline, schema
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_GIN = sorted(glob.glob(os.path.join(REPO, "gin_configs", "data", "*.gin")))
+LSJ_CP = os.path.join(REPO, "gin_configs", "data", "lsj_copy_paste.gin")
+SIZE = 64
+
+
+def _write_records(path: str, num: int = 4) -> None:
+    rng = np.random.default_rng(0)
+    with tf.io.TFRecordWriter(path) as writer:
+        for i in range(num):
+            image = rng.integers(0, 255, [48, 56, 3], dtype=np.uint8)
+            masks = np.zeros([2, 48, 56], np.uint8)
+            masks[0, 4:30, 6:40] = 1
+            masks[1, 20:44, 30:50] = 1
+            boxes = np.array(
+                [[4 / 48, 6 / 56, 30 / 48, 40 / 56], [20 / 48, 30 / 56, 44 / 48, 50 / 56]]
+            )
+            example = schema.make_example(
+                encoded_image=schema.encode_png(image),
+                image_format="png",
+                height=48,
+                width=56,
+                source_id=str(i + 1),
+                boxes=boxes.astype(np.float32),
+                classes=[1, 2],
+                masks=masks,
+            )
+            writer.write(example.SerializeToString())
+
+
+class VisualizeTest(tf.test.TestCase):
+    def setUp(self):
+        super().setUp()
+        gin.clear_config()
+        self._tmp = tempfile.TemporaryDirectory()
+        self.records = os.path.join(self._tmp.name, "train.tfrecord")
+        _write_records(self.records)
+        self.bindings = [
+            f"TRAIN_FILES = '{self.records}'",
+            f"EVAL_FILES = '{self.records}'",
+            f"IMAGE_SIZE = {SIZE}",
+            "GLOBAL_BATCH_SIZE = 2",
+            "build_dataset.max_num_instances = 4",
+            "build_dataset.mask_crop_size = 8",
+            "build_dataset.occluded_area_threshold = 10.0",
+        ]
+
+    def tearDown(self):
+        gin.clear_config()
+        self._tmp.cleanup()
+        super().tearDown()
+
+    def test_every_data_gin_file_parses_with_its_settings(self):
+        self.assertLen(DATA_GIN, 4)
+        expected = {
+            "lsj_copy_paste": (1.0, (0.1, 2.0)),
+            "ssj_copy_paste": (1.0, (0.8, 1.25)),
+            "lsj": (0.0, (0.1, 2.0)),
+            "ssj": (0.0, (0.8, 1.25)),
+        }
+        for path in DATA_GIN:
+            name = os.path.basename(path)[: -len(".gin")]
+            gin.clear_config()
+            gin.parse_config_files_and_bindings([path], self.bindings)
+            query = gin.query_parameter
+            self.assertEqual(query("train/build_dataset.copy_paste_prob"), expected[name][0])
+            self.assertEqual(query("train/build_dataset.main_scale_range"), expected[name][1])
+            self.assertFalse(query("eval/build_dataset.is_training"))
+
+    def test_train_and_eval_build_from_gin_and_mark_pasted_objects(self):
+        gin.parse_config_files_and_bindings(
+            [LSJ_CP],
+            self.bindings
+            + [
+                "train/build_dataset.main_scale_range = (1.0, 1.0)",
+                "train/build_dataset.paste_scale_range = (1.0, 1.0)",
+                "train/build_dataset.selection = 'all'",
+            ],
+        )
+        with gin.config_scope("train"):
+            images, labels = next(iter(pipeline.build_dataset(keep_is_pasted=True)))
+        self.assertEqual(images.shape, (2, SIZE, SIZE, 3))
+        self.assertEqual(labels["gt_masks"].shape, (2, 4, 8, 8))
+        is_pasted = labels["gt_is_pasted"].numpy()
+        classes = labels["gt_classes"].numpy()
+        self.assertTrue(is_pasted.any())
+        self.assertTrue((classes[is_pasted] > 0).all())
+        with gin.config_scope("eval"):
+            batches = list(pipeline.build_dataset())
+        self.assertEqual([b[0].shape[0] for b in batches], [2, 2])
+
+    def test_main_writes_a_grid(self):
+        output = os.path.join(self._tmp.name, "grid.png")
+        bindings = [b for b in self.bindings if not b.startswith("EVAL_FILES")]
+        flags.FLAGS.mark_as_parsed()
+        with flagsaver.flagsaver(
+            gin_file=[LSJ_CP], gin_bindings=bindings, output=output, num_images=3, columns=2
+        ):
+            visualize.main([])
+        grid = np.asarray(Image.open(output))
+        self.assertEqual(grid.shape, (2 * SIZE + 4, 2 * SIZE + 4, 3))
+        self.assertTrue((grid[SIZE + 4 :, SIZE + 4 :] == 255).all())  # empty fourth cell
+        self.assertFalse((grid[:SIZE, :SIZE] == 255).all())
+
+    def test_unknown_mode_is_a_usage_error(self):
+        flags.FLAGS.mark_as_parsed()
+        with flagsaver.flagsaver(mode="nope"):
+            with self.assertRaisesRegex(app.UsageError, "augmented"):
+                visualize.main([])
+
+
+if __name__ == "__main__":
+    tf.test.main()
