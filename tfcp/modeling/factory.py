@@ -46,6 +46,7 @@ def maskrcnn_model_config(
     backbone: str = "resnet",
     model_id: int | str = 50,
     stochastic_depth_drop_rate: float = 0.0,
+    se_ratio: float | None = None,
     decoder: str = "fpn",
     decoder_num_filters: int = 256,
     decoder_use_separable_conv: bool = False,
@@ -97,6 +98,8 @@ def maskrcnn_model_config(
         multiples of 2**max_level.
       backbone: 'resnet' (`model_id` 18/34/50/101/152/200) or 'efficientnet'
         (`model_id` 'b0'..'b7').
+      se_ratio: squeeze-excitation ratio; None = 0.25 for EfficientNet (its published
+        architecture; Model Garden's config default is 0.0) and 0.0 for ResNet.
       decoder: 'fpn' or 'nasfpn'.
       cascade_iou_thresholds: IoU thresholds of the extra Cascade R-CNN stages
         (the first stage uses `foreground_iou_threshold`); None for a single stage.
@@ -130,14 +133,18 @@ def maskrcnn_model_config(
         backbone_config = backbones_cfg.Backbone(
             type="resnet",
             resnet=backbones_cfg.ResNet(
-                model_id=int(model_id), stochastic_depth_drop_rate=stochastic_depth_drop_rate
+                model_id=int(model_id),
+                stochastic_depth_drop_rate=stochastic_depth_drop_rate,
+                se_ratio=0.0 if se_ratio is None else se_ratio,
             ),
         )
     else:
         backbone_config = backbones_cfg.Backbone(
             type="efficientnet",
             efficientnet=backbones_cfg.EfficientNet(
-                model_id=str(model_id), stochastic_depth_drop_rate=stochastic_depth_drop_rate
+                model_id=str(model_id),
+                stochastic_depth_drop_rate=stochastic_depth_drop_rate,
+                se_ratio=0.25 if se_ratio is None else se_ratio,
             ),
         )
     if decoder == "fpn":
@@ -237,9 +244,10 @@ def build_from_config(
 
     Args:
       model_config: the `MaskRCNN` config dataclass.
-      l2_weight_decay: L2 weight decay; as in Model Garden it is attached as a kernel
-        regularizer `l2(l2_weight_decay / 2)` (the `tf.nn.l2_loss` convention), so it
-        shows up in `model.losses` and is NOT part of the task's `total_loss`.
+      l2_weight_decay: L2 weight decay attached to the model as a kernel regularizer
+        `l2(l2_weight_decay / 2)` (Model Garden's `tf.nn.l2_loss` convention; it shows
+        up in `model.losses`, not in the task's `total_loss`). Keep 0 (the default)
+        with tfcp's trainer, which applies weight decay itself.
 
     Returns:
       The built `tf_keras.Model`, called once on symbolic inputs of the config's size.

@@ -59,10 +59,13 @@ class MaskRCNNTask(base.Task):
         self._init_modules = tuple(init_checkpoint_modules)
         self._num_sample_images = num_sample_images
         self._evaluator = None
+        self._include_mask = True
 
     # ----------------------------------------------------------------- model & data
     def build_model(self) -> tf_keras.Model:
-        return self._model_builder()
+        model = self._model_builder()
+        self._include_mask = bool(factory.model_properties(model)["include_mask"])
+        return model
 
     def build_inputs(
         self, is_training: bool, input_context: tf.distribute.InputContext | None = None
@@ -157,7 +160,9 @@ class MaskRCNNTask(base.Task):
         if self._evaluator is None:
             from tfcp.evaluation import coco  # noqa: PLC0415 - pycocotools only for eval
 
-            self._evaluator = coco.CocoEvaluator(self._annotation_file)
+            self._evaluator = coco.CocoEvaluator(
+                self._annotation_file, include_mask=self._include_mask
+            )
         self._evaluator.reset()
 
     def evaluator_update(self, step_outputs: dict[str, Any]) -> None:
