@@ -64,10 +64,16 @@ def eval_preprocess(
 
 
 def _query(name: str, default: Any) -> Any:
+    """The value bound to `name` in gin, macros and `@ref()` evaluated; else `default`."""
     try:
-        return gin.query_parameter(name)
+        value = gin.query_parameter(name)
     except ValueError:
         return default
+    while isinstance(value, gin.config.ConfigurableReference):
+        value = value.scoped_configurable_fn()
+        if isinstance(value, type):
+            value = value()
+    return value
 
 
 def eval_pad_value() -> float:
@@ -98,10 +104,6 @@ def build_task_from_gin():
     task = _query("tfcp.Trainer.task", None)
     if task is None:
         raise ValueError("the gin config binds no `Trainer.task` (e.g. @MaskRCNNTask())")
-    while isinstance(task, gin.config.ConfigurableReference):
-        task = task.scoped_configurable_fn()
-        if isinstance(task, type):
-            task = task()
     return task
 
 
