@@ -125,18 +125,19 @@ def mask_union(masks: tf.Tensor) -> tf.Tensor:
     m, h, w = shape[0], shape[1], shape[2]
 
     def packed():
-        # Sum of uint64 words = 8 independent byte counters, each <= M <= 255.
+        # Bitwise OR of the masks viewed as uint64 words: exact for any M, 8 pixels per op.
         words = tf.bitcast(tf.reshape(masks, [m, h * w // 8, 8]), tf.uint64)
-        total = tf.math.unsorted_segment_sum(words, tf.zeros([m], tf.int32), 1)[0]
-        return tf.reshape(tf.minimum(tf.bitcast(total, tf.uint8), 1), [h, w])
+        union = tf.while_loop(
+            lambda i, acc: i < m,
+            lambda i, acc: (i + 1, tf.bitwise.bitwise_or(acc, words[i])),
+            (tf.constant(0), tf.zeros([h * w // 8], tf.uint64)),
+        )[1]
+        return tf.reshape(tf.bitcast(union, tf.uint8), [h, w])
 
     def plain():
         return tf.reduce_max(masks, axis=0)
 
-    divisible = _divisible_by_8(*_dims(masks)[1:])
-    if divisible is False:
-        return plain()
-    return tf.cond(tf.convert_to_tensor(divisible) & (m <= 255), packed, plain)
+    return _branch(_divisible_by_8(*_dims(masks)[1:]), packed, plain)
 
 
 def column_any(masks: tf.Tensor) -> tf.Tensor:
@@ -394,66 +395,53 @@ def copy_paste(
         pasteable &= ~tf.cast(source[IS_CROWD], tf.bool)
     chosen = select_objects(pasteable, seed, selection, int(max_num_pasted))
 
-    def paste():
-        pasted = tf.gather(s_masks, chosen)  # [M, H, W] uint8
-        union = mask_union(pasted)  # [H, W] uint8
-        t_masks = binarize_masks(target[MASKS])
-        visible = tf.bitwise.bitwise_and(t_masks, (1 - union)[None])  # [N, H, W] uint8
-        vis_rows = row_counts(visible)
-        vis_counts = tf.reduce_sum(vis_rows, axis=1)
-        orig_counts = tf.reduce_sum(row_counts(t_masks), axis=1)
-        occluded = vis_counts < orig_counts
-        keep = (vis_counts > 0) & (~occluded | (tf.cast(vis_counts, tf.float32) >= threshold))
-        keep_idx = tf.cast(tf.where(keep)[:, 0], tf.int32)
+    pasted = tf.gather(s_masks, chosen)  # [M, H, W] uint8
+    union = mask_union(pasted)  # [H, W] uint8
+    t_masks = binarize_masks(target[MASKS])
+    visible = tf.bitwise.bitwise_and(t_masks, (1 - union)[None])  # [N, H, W] uint8
+    vis_rows = row_counts(visible)
+    vis_counts = tf.reduce_sum(vis_rows, axis=1)
+    orig_counts = tf.reduce_sum(row_counts(t_masks), axis=1)
+    occluded = vis_counts < orig_counts
+    keep = (vis_counts > 0) & (~occluded | (tf.cast(vis_counts, tf.float32) >= threshold))
+    # Nothing pasted: the target is returned as is (also objects with empty masks).
+    keep |= tf.equal(tf.size(chosen), 0)
+    keep_idx = tf.cast(tf.where(keep)[:, 0], tf.int32)
 
-        out = {IMAGE: _paste_image(t_image, s_image, union, blend_sigma)}
-        # Boxes: tight box of the visible mask for occluded objects, the original otherwise.
-        t_boxes = tf.convert_to_tensor(target[BOXES])
-        occ_k = tf.gather(occluded, keep_idx)
-        # Only the partly occluded kept objects need a new box: project just those masks.
-        moved = tf.cast(tf.where(occluded & keep)[:, 0], tf.int32)
-        new_boxes = tight_boxes(
-            tf.gather(vis_rows, moved) > 0, column_any(tf.gather(visible, moved))
+    out = {IMAGE: _paste_image(t_image, s_image, union, blend_sigma)}
+    # Boxes: tight box of the visible mask for occluded objects, the original otherwise.
+    t_boxes = tf.convert_to_tensor(target[BOXES])
+    occ_k = tf.gather(occluded, keep_idx)
+    # Only the partly occluded kept objects need a new box: project just those masks.
+    moved = tf.cast(tf.where(occluded & keep)[:, 0], tf.int32)
+    new_boxes = tight_boxes(tf.gather(vis_rows, moved) > 0, column_any(tf.gather(visible, moved)))
+    boxes = tf.tensor_scatter_nd_update(t_boxes, moved[:, None], tf.cast(new_boxes, t_boxes.dtype))
+    boxes_k = tf.gather(boxes, keep_idx)
+    all_kept = tf.reduce_all(keep)
+    vis_k = tf.cond(all_kept, lambda: visible, lambda: tf.gather(visible, keep_idx))
+    out[BOXES] = tf.concat(
+        [boxes_k, _cast_like(tf.gather(source[BOXES], chosen), t_boxes.dtype)], 0
+    )
+    t_mask_dtype = tf.convert_to_tensor(target[MASKS]).dtype
+    out[MASKS] = tf.concat([_cast_like(vis_k, t_mask_dtype), _cast_like(pasted, t_mask_dtype)], 0)
+    if AREA in target:
+        t_area = tf.convert_to_tensor(target[AREA])
+        area_k = tf.where(
+            occ_k,
+            tf.cast(tf.gather(vis_counts, keep_idx), t_area.dtype),
+            tf.gather(t_area, keep_idx),
         )
-        boxes = tf.tensor_scatter_nd_update(
-            t_boxes, moved[:, None], tf.cast(new_boxes, t_boxes.dtype)
-        )
-        boxes_k = tf.gather(boxes, keep_idx)
-        all_kept = tf.reduce_all(keep)
-        vis_k = tf.cond(all_kept, lambda: visible, lambda: tf.gather(visible, keep_idx))
-        out[BOXES] = tf.concat(
-            [boxes_k, _cast_like(tf.gather(source[BOXES], chosen), t_boxes.dtype)], 0
-        )
-        t_mask_dtype = tf.convert_to_tensor(target[MASKS]).dtype
-        out[MASKS] = tf.concat(
-            [_cast_like(vis_k, t_mask_dtype), _cast_like(pasted, t_mask_dtype)], 0
-        )
-        if AREA in target:
-            t_area = tf.convert_to_tensor(target[AREA])
-            area_k = tf.where(
-                occ_k,
-                tf.cast(tf.gather(vis_counts, keep_idx), t_area.dtype),
-                tf.gather(t_area, keep_idx),
-            )
-            s_area = source[AREA] if AREA in source else s_counts
-            out[AREA] = tf.concat([area_k, _cast_like(tf.gather(s_area, chosen), t_area.dtype)], 0)
-        for key in per_object:
-            if key in out:
-                continue
-            t_val = tf.convert_to_tensor(target[key])
-            s_val = _cast_like(tf.gather(source[key], chosen), t_val.dtype)
-            out[key] = tf.concat([tf.gather(t_val, keep_idx), s_val], 0)
-        return out
-
-    def unchanged():
-        out = {k: tf.convert_to_tensor(target[k]) for k in per_object}
-        out[IMAGE] = t_image
-        return out
-
-    result = tf.cond(tf.size(chosen) > 0, paste, unchanged)
+        s_area = source[AREA] if AREA in source else s_counts
+        out[AREA] = tf.concat([area_k, _cast_like(tf.gather(s_area, chosen), t_area.dtype)], 0)
+    for key in per_object:
+        if key in out:
+            continue
+        t_val = tf.convert_to_tensor(target[key])
+        s_val = _cast_like(tf.gather(source[key], chosen), t_val.dtype)
+        out[key] = tf.concat([tf.gather(t_val, keep_idx), s_val], 0)
     output = dict(target)
-    for key, value in result.items():
-        static = tf.convert_to_tensor(target[key]).shape
+    for key, value in out.items():
+        static = target[key].shape
         value.set_shape(tf.TensorShape([None]).concatenate(static[1:]) if key != IMAGE else static)
         output[key] = value
     return output
