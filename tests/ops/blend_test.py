@@ -1,4 +1,4 @@
-"""Tests of tfcp.ops.blend (Gaussian smoothing of alpha maps in core TF)."""
+"""Tests of tfcp.ops.blend: Gaussian smoothing of alpha maps and pasting of image pixels."""
 
 from __future__ import annotations
 
@@ -83,6 +83,41 @@ class BlendTest(tf.test.TestCase, parameterized.TestCase):
             blend.gaussian_kernel_1d(0.0)
         with self.assertRaisesRegex(ValueError, r"\[H, W\]"):
             blend.gaussian_blur(tf.zeros([4]), 1.0)
+
+
+class PasteImageTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.product(
+        hw=((16, 16), (5, 7), (3, 8)), dtype=(np.uint8, np.float32), dynamic=(False, True)
+    )
+    def test_hard_paste_is_an_exact_select(self, hw, dtype, dynamic):
+        rng = np.random.default_rng(hw[0] * hw[1])
+        tgt = rng.integers(0, 256, hw + (3,)).astype(dtype)
+        src = rng.integers(0, 256, hw + (3,)).astype(dtype)
+        union = (rng.random(hw) < 0.4).astype(np.uint8)
+        fn = lambda t, s, u: blend.paste_image(t, s, u, 0.0)
+        if dynamic:
+            fn = tf.function(
+                fn,
+                input_signature=[
+                    tf.TensorSpec([None, None, None], dtype),
+                    tf.TensorSpec([None, None, None], dtype),
+                    tf.TensorSpec([None, None], tf.uint8),
+                ],
+            )
+        out = fn(tf.constant(tgt), tf.constant(src), tf.constant(union)).numpy()
+        self.assertEqual(out.dtype, dtype)
+        np.testing.assert_array_equal(out, np.where(union[..., None] > 0, src, tgt))
+
+    def test_soft_paste_uint8_rounds_blend_of_blurred_mask(self):
+        tgt = np.full([8, 8, 3], 10, np.uint8)
+        src = np.full([8, 8, 3], 250, np.uint8)
+        union = np.zeros([8, 8], np.uint8)
+        union[2:6, 2:6] = 1
+        out = blend.paste_image(tf.constant(tgt), tf.constant(src), tf.constant(union), 1.0)
+        alpha = numpy_blur(union.astype(np.float32), 1.0)[..., None]
+        expected = np.round(tgt * (1 - alpha) + src * alpha).astype(np.uint8)
+        self.assertEqual(out.dtype, tf.uint8)
+        np.testing.assert_allclose(out.numpy().astype(int), expected.astype(int), atol=1)
 
 
 if __name__ == "__main__":

@@ -5,22 +5,22 @@ target image, removes the pasted pixels from the target's masks, drops target ob
 became fully (or mostly) hidden, and recomputes tight boxes of the partly hidden ones.
 
 It is written for the host CPU inside `tf.data` at full resolution (1024x1024, tens of
-objects), so all per-pixel work stays in uint8 and is done a bounded number of times:
+objects), so all per-pixel work stays in uint8 (no int32/float32 copy of an [N, H, W] tensor)
+and mask reductions view 8 mask bytes as one uint64 word:
 
-* masks are binarized to uint8 once; the union of the pasted masks is a single
-  `reduce_max`; visible target masks are one uint8 multiply;
-* per-object pixel counts per row come from a packed reduction: 8 mask bytes are viewed as
-  one uint64 and summed along the row, each byte acting as an independent 8-bit counter
-  (exact while W <= 2040 and W % 8 == 0, otherwise a plain int32 reduction is used); no
-  int32 or float32 copy of an [N, H, W] tensor is ever made;
-* tight boxes come from row/column projections ([N, H] and [N, W]), not from pixel
-  coordinates;
-* the hard paste is a single `tf.where` in the target's image dtype.
+* the union of the pasted masks is a bitwise-OR loop over uint64 words;
+* visible target masks are one broadcast `bitwise_and` with the complement of the union;
+* per-object pixel counts per row sum uint64 words along the row, each byte acting as an
+  independent 8-bit counter (exact while W <= 2040; other widths use an int32 reduction);
+* tight boxes come from row/column projections ([N, H] and [N, W]), computed only for the
+  objects that lost pixels;
+* the hard paste of uint8 RGB images is a table-driven select on uint64 words
+  (`tfcp.ops.blend.paste_image`).
+
+uint8 masks must hold 0/1 (as `tfcp.data.decoder` emits); other dtypes are binarized.
 """
 
 from __future__ import annotations
-
-import sys
 
 import numpy as np
 import tensorflow as tf
@@ -227,78 +227,6 @@ def select_objects(
     return tf.sort(chosen)
 
 
-def _cast_like(x: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
-    """Casts x to dtype, rounding and saturating float -> integer."""
-    if x.dtype == dtype:
-        return x
-    if dtype.is_integer and x.dtype.is_floating:
-        return tf.saturate_cast(tf.round(x), dtype)
-    return tf.cast(x, dtype)
-
-
-def _spread_table() -> np.ndarray:
-    """uint8 [256, 24]: row b, byte k (8 pixels x 3 channels) is 0xFF iff bit k // 3 of b is set."""
-    bits = (np.arange(256)[:, None] >> (np.arange(24)[None, :] // 3)) & 1
-    return (bits * 255).astype(np.uint8)
-
-
-_SPREAD = _spread_table()
-# Multiplying 8 bytes of 0/1 (one uint64, little-endian) by this gathers them into the top byte.
-_GATHER_BITS = 0x0102040810204080
-
-
-def _select_pixels(union: tf.Tensor, source: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
-    """out[y, x] = source[y, x] where union[y, x] else target[y, x]; any dtype, any channels."""
-    channels = tf.shape(target)[2]
-    picked = tf.raw_ops.Select(
-        condition=tf.reshape(union > 0, [-1]),
-        x=tf.reshape(source, [-1, channels]),
-        y=tf.reshape(target, [-1, channels]),
-    )
-    return tf.reshape(picked, tf.shape(target))
-
-
-def _select_pixels_rgb8(union: tf.Tensor, source: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
-    """`_select_pixels` for uint8 [H, W, 3] images with H * W % 8 == 0, on uint64 words.
-
-    The union is spread to a per-byte 0x00/0xFF mask of the image by looking up each group of
-    8 pixels in a 256-entry table; the select is then `t ^ ((t ^ s) & mask)`.
-    """
-    words = tf.bitcast(tf.reshape(union, [-1, 8]), tf.uint64)
-    bits = tf.bitwise.right_shift(
-        words * tf.constant(_GATHER_BITS, tf.uint64), tf.constant(56, tf.uint64)
-    )
-    spread = tf.gather(tf.constant(_SPREAD), tf.cast(bits, tf.int32))  # [H * W / 8, 24]
-    mask = tf.bitcast(tf.reshape(spread, [-1, 8]), tf.uint64)
-    t = tf.bitcast(tf.reshape(target, [-1, 8]), tf.uint64)
-    s = tf.bitcast(tf.reshape(source, [-1, 8]), tf.uint64)
-    out = tf.bitwise.bitwise_xor(t, tf.bitwise.bitwise_and(tf.bitwise.bitwise_xor(t, s), mask))
-    return tf.reshape(tf.bitcast(out, tf.uint8), tf.shape(target))
-
-
-def _paste_image(
-    target: tf.Tensor, source: tf.Tensor, union: tf.Tensor, blend_sigma: float
-) -> tf.Tensor:
-    """I = src * a + tgt * (1 - a) in the target's dtype; a = union, Gaussian-smoothed if sigma."""
-    source = _cast_like(source, target.dtype)
-    if blend_sigma == 0.0:
-        h, w, c = _dims(target)
-        if target.dtype != tf.uint8 or (isinstance(c, int) and c != 3) or sys.byteorder != "little":
-            return _select_pixels(union, source, target)
-        if isinstance(c, int):
-            packable = _divisible_by_8(h, w)
-        else:
-            packable = tf.convert_to_tensor(_divisible_by_8(h, w)) & tf.equal(c, 3)
-        return _branch(
-            packable,
-            lambda: _select_pixels_rgb8(union, source, target),
-            lambda: _select_pixels(union, source, target),
-        )
-    alpha = blend.gaussian_blur(union, blend_sigma)[:, :, None]
-    mixed = tf.cast(target, tf.float32) * (1.0 - alpha) + tf.cast(source, tf.float32) * alpha
-    return _cast_like(mixed, target.dtype)
-
-
 def _validate(target, source, selection, max_num_pasted, blend_sigma, occluded_area_threshold):
     if selection not in SELECTIONS:
         raise ValueError(f"copy_paste: selection must be one of {SELECTIONS}, got {selection!r}")
@@ -408,7 +336,7 @@ def copy_paste(
     keep |= tf.equal(tf.size(chosen), 0)
     keep_idx = tf.cast(tf.where(keep)[:, 0], tf.int32)
 
-    out = {IMAGE: _paste_image(t_image, s_image, union, blend_sigma)}
+    out = {IMAGE: blend.paste_image(t_image, s_image, union, blend_sigma)}
     # Boxes: tight box of the visible mask for occluded objects, the original otherwise.
     t_boxes = tf.convert_to_tensor(target[BOXES])
     occ_k = tf.gather(occluded, keep_idx)
@@ -420,10 +348,12 @@ def copy_paste(
     all_kept = tf.reduce_all(keep)
     vis_k = tf.cond(all_kept, lambda: visible, lambda: tf.gather(visible, keep_idx))
     out[BOXES] = tf.concat(
-        [boxes_k, _cast_like(tf.gather(source[BOXES], chosen), t_boxes.dtype)], 0
+        [boxes_k, blend.cast_like(tf.gather(source[BOXES], chosen), t_boxes.dtype)], 0
     )
     t_mask_dtype = tf.convert_to_tensor(target[MASKS]).dtype
-    out[MASKS] = tf.concat([_cast_like(vis_k, t_mask_dtype), _cast_like(pasted, t_mask_dtype)], 0)
+    out[MASKS] = tf.concat(
+        [blend.cast_like(vis_k, t_mask_dtype), blend.cast_like(pasted, t_mask_dtype)], 0
+    )
     if AREA in target:
         t_area = tf.convert_to_tensor(target[AREA])
         area_k = tf.where(
@@ -432,12 +362,12 @@ def copy_paste(
             tf.gather(t_area, keep_idx),
         )
         s_area = source[AREA] if AREA in source else s_counts
-        out[AREA] = tf.concat([area_k, _cast_like(tf.gather(s_area, chosen), t_area.dtype)], 0)
+        out[AREA] = tf.concat([area_k, blend.cast_like(tf.gather(s_area, chosen), t_area.dtype)], 0)
     for key in per_object:
         if key in out:
             continue
         t_val = tf.convert_to_tensor(target[key])
-        s_val = _cast_like(tf.gather(source[key], chosen), t_val.dtype)
+        s_val = blend.cast_like(tf.gather(source[key], chosen), t_val.dtype)
         out[key] = tf.concat([tf.gather(t_val, keep_idx), s_val], 0)
     output = dict(target)
     for key, value in out.items():
