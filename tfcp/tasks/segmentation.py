@@ -189,7 +189,7 @@ class SegmentationTask(base.Task):
           {'total_loss', 'segmentation_loss'} float32 scalars (equal).
         """
         logits = tf.cast(model(features, training=training)["logits"], tf.float32)
-        loss = self._loss(logits, labels["masks"])
+        loss = self._loss(logits, tf.convert_to_tensor(labels["masks"]))
         return {"total_loss": loss, "segmentation_loss": loss}
 
     def validation_step(self, model: tf_keras.Model, features: Any, labels: Any) -> dict[str, Any]:
