@@ -46,17 +46,18 @@ def const_image(value, h=16, w=16, dtype=np.uint8):
     return np.full([h, w, 3], value, dtype)
 
 
-def run(mode, target, source, seed=(1, 2), **kwargs):
-    """Runs copy_paste eagerly, inside tf.data.Dataset.map, or in a tf.function with None dims."""
+def run_seeds(mode, target, source, seeds, **kwargs):
+    """Runs copy_paste for each seed eagerly, in tf.data.Dataset.map, or in one tf.function
+    with None dims (traced once). Returns a list of dicts of numpy arrays."""
     target = {k: tf.constant(v) for k, v in target.items()}
     source = {k: tf.constant(v) for k, v in source.items()}
-    seed = tf.constant(seed, tf.int64)
+    seeds = [tf.constant(seed, tf.int64) for seed in seeds]
     if mode == "eager":
-        out = cp.copy_paste(target, source, seed, **kwargs)
+        outs = [cp.copy_paste(target, source, seed, **kwargs) for seed in seeds]
     elif mode == "dataset":
-        ds = tf.data.Dataset.from_tensors((target, source, seed))
-        ds = ds.map(lambda t, s, sd: cp.copy_paste(t, s, sd, **kwargs))
-        out = ds.get_single_element()
+        ds = tf.data.Dataset.from_tensor_slices(tf.stack(seeds))
+        ds = ds.map(lambda sd: cp.copy_paste(target, source, sd, **kwargs))
+        outs = list(ds)
     else:
 
         def spec(d):
@@ -66,8 +67,13 @@ def run(mode, target, source, seed=(1, 2), **kwargs):
             lambda t, s, sd: cp.copy_paste(t, s, sd, **kwargs),
             input_signature=[spec(target), spec(source), tf.TensorSpec([2], tf.int64)],
         )
-        out = fn(target, source, seed)
-    return {k: v.numpy() for k, v in out.items()}
+        outs = [fn(target, source, seed) for seed in seeds]
+    return [{k: v.numpy() for k, v in out.items()} for out in outs]
+
+
+def run(mode, target, source, seed=(1, 2), **kwargs):
+    """Runs copy_paste once in the given mode."""
+    return run_seeds(mode, target, source, [seed], **kwargs)[0]
 
 
 class CopyPasteBehaviourTest(tf.test.TestCase, parameterized.TestCase):
@@ -226,8 +232,7 @@ class CopyPasteBehaviourTest(tf.test.TestCase, parameterized.TestCase):
         source = example(masks, [11, 12, 13, 14, 15], const_image(200))
         target = example([self.b], [2], const_image(10))
         picked = set()
-        for i in range(6):
-            out = run(mode, target, source, seed=(i, 5), selection="one")
+        for out in run_seeds(mode, target, source, [(i, 5) for i in range(6)], selection="one"):
             self.assertLen(out["groundtruth_classes"], 2)
             picked.add(int(out["groundtruth_classes"][1]))
         self.assertTrue(picked <= {11, 12, 13, 14, 15})
@@ -239,8 +244,8 @@ class CopyPasteBehaviourTest(tf.test.TestCase, parameterized.TestCase):
         source = example(masks, list(range(11, 19)), const_image(200))
         target = example([self.b], [2], const_image(10))
         counts = set()
-        for i in range(8):
-            out = run(mode, target, source, seed=(i, 9), max_num_pasted=5)
+        seeds = [(i, 9) for i in range(8)]
+        for out in run_seeds(mode, target, source, seeds, max_num_pasted=5):
             pasted = out["groundtruth_classes"][1:]
             self.assertLessEqual(len(pasted), 5)
             np.testing.assert_array_equal(pasted, np.sort(pasted))
@@ -252,8 +257,7 @@ class CopyPasteBehaviourTest(tf.test.TestCase, parameterized.TestCase):
     def test_same_seed_same_output(self, mode):
         masks = [rect(16, 16, i, 0, i + 3, 16) for i in range(0, 16, 3)]
         source = example(masks, list(range(11, 17)), const_image(200))
-        one = run(mode, self.target, source, seed=(3, 4))
-        two = run(mode, self.target, source, seed=(3, 4))
+        one, two = run_seeds(mode, self.target, source, [(3, 4), (3, 4)])
         for key in one:
             np.testing.assert_array_equal(one[key], two[key], err_msg=key)
 
