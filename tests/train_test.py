@@ -14,7 +14,7 @@ import tensorflow as tf
 from cli_utils import REPO, env, run_train, train_cmd, write_toy_gin
 from events import read_scalars
 
-from tfcp import gin_utils
+from tfcp import gin_utils, optimization
 
 
 def _wait_for(proc, log_path, pattern, timeout=180):
@@ -134,3 +134,77 @@ class TrainCliTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ShippedRunConfigsTest(unittest.TestCase):
+    """Every runs/ and demo/ config parses with only the documented macros bound."""
+
+    def test_run_and_demo_configs_parse(self):
+        data = ["TRAIN_FILES='t*'", "EVAL_FILES='e*'", "EVAL_ANNOTATIONS='a.json'", "NUM_CLASSES=3"]
+        cases = {
+            "runs/paper_schedule.gin": (["TRAIN_STEPS=1000"], 256, 0.32),
+            "runs/mmdet_ssj_90k.gin": ([], 64, 0.1),
+            "runs/mmdet_ssj_270k.gin": ([], 64, 0.1),
+            "runs/demo_cpu.gin": (["TRAIN_STEPS=10"], 2, 0.02),
+            "demo/maskrcnn_tiny_copy_paste.gin": (data + ["TRAIN_STEPS=10"], 2, 0.02),
+            "demo/maskrcnn_tiny.gin": (data + ["TRAIN_STEPS=10"], 2, 0.02),
+        }
+        for path, (bindings, batch, lr) in cases.items():
+            gin.clear_config()
+            gin_utils.parse_gin([path], bindings)
+            self.assertEqual(gin.query_parameter("%GLOBAL_BATCH_SIZE"), batch, path)
+            schedule = optimization.build_learning_rate()
+            self.assertAlmostEqual(schedule.learning_rate, lr, places=7, msg=path)
+            self.assertEqual(
+                schedule.boundaries[0], int(0.9 * gin.query_parameter("%TRAIN_STEPS")), path
+            )
+        gin.clear_config()
+        gin_utils.parse_gin(["runs/mmdet_ssj_90k.gin"])
+        schedule = optimization.build_learning_rate()
+        self.assertEqual(schedule.boundaries, [81000, 85500, 87750])
+        self.assertEqual(schedule.warmup_steps, 500)
+        self.assertAlmostEqual(schedule.warmup_learning_rate, 0.0067, places=7)
+        gin.clear_config()
+
+
+class MaskRCNNDemoTest(unittest.TestCase):
+    """The demo config trains and evaluates Mask R-CNN end to end (tiny generated COCO)."""
+
+    def test_demo_train_and_eval_writes_coco_metrics(self):
+        from tfcp.data import coco_converter, synthetic
+
+        tmp = tempfile.mkdtemp()
+        coco = os.path.join(tmp, "coco")
+        synthetic.write_coco(coco, num_train=2, num_val=2, image_size=128, seed=0)
+        for split in ("train", "val"):
+            coco_converter.convert_coco(
+                os.path.join(coco, f"{split}2017"),
+                os.path.join(coco, "annotations", f"instances_{split}2017.json"),
+                os.path.join(coco, split),
+                1,
+            )
+        annotations = os.path.join(coco, "annotations", "instances_val2017.json")
+        with open(annotations) as f:
+            num_classes = max(c["id"] for c in json.load(f)["categories"]) + 1
+        model_dir = os.path.join(tmp, "model")
+        result = run_train(
+            model_dir,
+            ["demo/maskrcnn_tiny_copy_paste.gin"],
+            [
+                f"TRAIN_FILES='{coco}/train*.tfrecord'",
+                f"EVAL_FILES='{coco}/val*.tfrecord'",
+                f"EVAL_ANNOTATIONS='{annotations}'",
+                f"NUM_CLASSES={num_classes}",
+                "TRAIN_STEPS=3",
+            ],
+            mode="train_and_eval",
+            timeout=1200,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        self.assertRegex(result.stderr, r"step 3/3 \| loss [0-9.]+ \|")
+        with open(os.path.join(model_dir, "metrics.json")) as f:
+            metrics = json.load(f)
+        self.assertEqual(metrics["step"], 3)
+        for key in ("box_AP", "box_AP50", "mask_AP", "mask_AP50"):
+            self.assertIn(key, metrics)
+        self.assertEqual(tf.train.latest_checkpoint(model_dir), f"{model_dir}/ckpt-3")

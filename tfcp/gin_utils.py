@@ -33,6 +33,36 @@ class GinConfigError(ValueError):
     """A gin file or binding could not be parsed (unknown configurable, parameter...)."""
 
 
+def resolve_gin_file(path: str) -> str:
+    """Absolute path of a --gin_file: as given (cwd-relative), or under gin_configs/.
+
+    Raises:
+      GinConfigError: the file exists in neither place.
+    """
+    for candidate in (path, os.path.join(GIN_CONFIGS_DIR, path)):
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    raise GinConfigError(f"gin file not found: {path!r} (looked in . and {GIN_CONFIGS_DIR})")
+
+
+def _add_search_paths() -> None:
+    """Puts gin_configs/ and the repo root first in gin's include search path.
+
+    First, so that includes resolve through plain file reads before gin's package-resource
+    reader, which crashes (TypeError) when the include's directory name ('data/', 'runs/',
+    ...) happens to be a namespace package on sys.path, e.g. a 'data' folder in the cwd.
+    """
+    prefixes = getattr(gin.config, "_LOCATION_PREFIXES", None)
+    for path in (REPO_ROOT, GIN_CONFIGS_DIR):
+        if path in _SEARCH_PATHS_ADDED:
+            continue
+        if isinstance(prefixes, list):
+            prefixes.insert(0, path)
+        else:  # pragma: no cover - other gin versions
+            gin.add_config_file_search_path(path)
+        _SEARCH_PATHS_ADDED.add(path)
+
+
 def import_configurables(extra_modules: Sequence[str] = ()) -> list[str]:
     """Imports the modules that define gin configurables; returns the imported names."""
     imported = []
@@ -53,21 +83,20 @@ def import_configurables(extra_modules: Sequence[str] = ()) -> list[str]:
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = ()) -> None:
     """Imports the configurables, then parses gin files and bindings (bindings win).
 
-    `include` paths are looked up relative to the current directory, then to the repo's
-    `gin_configs/` directory, then to the repo root (so both `include 'models/x.gin'` and
-    `include 'gin_configs/models/x.gin'` work).
+    `gin_files` are looked up relative to the current directory, then to the repo's
+    `gin_configs/` directory. `include` paths inside them are looked up relative to
+    `gin_configs/`, then to the repo root, then to the current directory (so both
+    `include 'models/x.gin'` and `include 'gin_configs/models/x.gin'` work from any cwd).
 
     Raises:
       GinConfigError: a missing file, an unknown configurable or parameter, or a syntax
         error; the message names the offending binding.
     """
     import_configurables()
-    for path in (GIN_CONFIGS_DIR, REPO_ROOT):
-        if path not in _SEARCH_PATHS_ADDED:
-            gin.add_config_file_search_path(path)
-            _SEARCH_PATHS_ADDED.add(path)
+    _add_search_paths()
+    resolved = [resolve_gin_file(f) for f in gin_files]
     try:
-        gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings))
+        gin.parse_config_files_and_bindings(resolved, list(gin_bindings))
     except (ValueError, KeyError, SyntaxError, ImportError, OSError) as e:
         where = f"files {list(gin_files)} / bindings {list(gin_bindings)}"
         raise GinConfigError(f"invalid gin configuration ({where}): {e}") from e

@@ -398,13 +398,16 @@ class Trainer:
         """
         task, model, strategy = self.task, self.model, self.strategy
 
-        @tf.function
+        dataset = self._distribute_inputs(False)
+
+        # One trace for every batch size (the last, partial batch included).
+        @tf.function(input_signature=[dataset.element_spec])
         def eval_step(inputs):
             return strategy.run(lambda x: task.validation_step(model, x[0], x[1]), args=(inputs,))
 
         task.evaluator_begin()
         images, num_batches = None, 0
-        for inputs in self._distribute_inputs(False):
+        for inputs in dataset:
             outputs = eval_step(inputs)
             local = [
                 tf.nest.map_structure(lambda t: t.numpy(), out)
