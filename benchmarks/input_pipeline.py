@@ -29,6 +29,9 @@ import time
 
 import numpy as np
 
+# Runs from a checkout without `pip install -e .` too.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 VARIANTS = ("model_garden", "tfcp_no_cp", "tfcp_cp")
 NUM_RECORDS = 64
 
