@@ -20,15 +20,19 @@ import pytest
 from tfcp import gin_utils
 from tfcp.modeling import factory
 
-GIN_FILES = sorted(
+ALL_GIN_FILES = sorted(
     glob.glob(os.path.join(gin_utils.GIN_CONFIGS_DIR, "**", "*.gin"), recursive=True)
 )
+# `*_common.gin` files are fragments shared by the files that include them (they may use
+# macros only their includers define); they are checked through those includers.
+FRAGMENTS = [p for p in ALL_GIN_FILES if p.endswith("_common.gin")]
+GIN_FILES = [p for p in ALL_GIN_FILES if p not in FRAGMENTS]
 TEST_IMAGE_SIZE = 128
 DUMMY_MACROS = {
     "TRAIN_FILES": "'/nonexistent/train-*.tfrecord'",
     "EVAL_FILES": "'/nonexistent/val-*.tfrecord'",
     "EVAL_ANNOTATIONS": "'/nonexistent/instances_val.json'",
-    "NUM_CLASSES": "5",
+    "NUM_CLASSES": "91",  # as the COCO experiments, so models/ and experiments/ share builds
     "IMAGE_SIZE": str(TEST_IMAGE_SIZE),
     "GLOBAL_BATCH_SIZE": "2",
     "TRAIN_STEPS": "2",
@@ -78,6 +82,7 @@ class _ModelCache:
         self._build = factory.build_from_config
 
     def build(self, model_config, l2_weight_decay=0.0):
+        # The image size does not change the graph's structure.
         model_config = model_config.replace(input_size=[TEST_IMAGE_SIZE, TEST_IMAGE_SIZE, 3])
         key = json.dumps(model_config.as_dict(), sort_keys=True, default=str)
         if key not in self.built:
@@ -108,6 +113,19 @@ def test_there_are_gin_files():
     names = {os.path.relpath(p, gin_utils.GIN_CONFIGS_DIR) for p in GIN_FILES}
     assert "models/maskrcnn_tiny.gin" in names
     assert "models/cascade_maskrcnn_effb7_nasfpn.gin" in names
+
+
+@pytest.mark.parametrize(
+    "fragment", FRAGMENTS, ids=[os.path.relpath(p, gin_utils.GIN_CONFIGS_DIR) for p in FRAGMENTS]
+)
+def test_every_fragment_is_included_by_a_tested_file(fragment):
+    relative = os.path.relpath(fragment, gin_utils.GIN_CONFIGS_DIR)
+    includers = []
+    for path in GIN_FILES:
+        with open(path) as f:
+            if any(line.strip().startswith("include") and relative in line for line in f):
+                includers.append(path)
+    assert includers, f"{relative} is included by no standalone gin file, so it is untested"
 
 
 @pytest.mark.parametrize(
