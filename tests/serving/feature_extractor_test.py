@@ -105,6 +105,19 @@ class FeatureExtractorTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, self.export_dir):
             feature_extractor.restore_into(self.export_dir, deeper.backbone)
 
+    def test_fine_tuning_tasks_restore_path_reads_the_export(self):
+        # MaskRCNNTask / VOC tasks restore INIT_CHECKPOINT through init_checkpoint.
+        from tfcp.modeling import init_checkpoint  # noqa: PLC0415
+
+        other = _fresh()
+        restored = init_checkpoint.restore_backbone_and_decoder(
+            self.export_dir, other.backbone, other.decoder
+        )
+        self.assertEqual(restored, ["backbone", "decoder"])
+        for a, b in zip(self.model.decoder.variables, other.decoder.variables, strict=True):
+            self.assertAllEqual(a, b)
+        self.assertAllEqual(other.backbone.variables[-1], self.model.backbone.variables[-1])
+
     def test_not_a_saved_model(self):
         with self.assertRaisesRegex(FileNotFoundError, "not a SavedModel"):
             feature_extractor.restore_into(self.tmp, self.fresh.backbone)

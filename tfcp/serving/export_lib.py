@@ -37,6 +37,7 @@ INFO_FILE = "export_info.json"
 
 
 # --------------------------------------------------------------------- preprocessing
+@tf.autograph.experimental.do_not_convert  # graph-only ops; no need to re-parse the source
 def eval_preprocess(
     image: tf.Tensor, *, image_size: tuple[int, int], pad_value: float
 ) -> tuple[tf.Tensor, tf.Tensor]:
