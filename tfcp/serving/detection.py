@@ -36,6 +36,7 @@ import tensorflow as tf
 import tf_keras
 
 from tfcp.data import decoder, schema
+from tfcp.modeling import postprocess
 from tfcp.ops import paste_masks as paste_masks_lib
 
 INPUT_TYPES = ("image_tensor", "image_bytes", "tf_example")
@@ -48,8 +49,8 @@ PreprocessFn = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 def boxes_to_input_pixels(boxes: tf.Tensor, image_info: tf.Tensor) -> tf.Tensor:
     """Maps boxes from the model's (resized, padded) frame back to input-image pixels.
 
-    Inverts Model Garden's `resize_and_crop_boxes` (`box * scale - offset`) and clips to
-    the original image.
+    The evaluation's mapping (`tfcp.modeling.postprocess.boxes_to_original_pixels`,
+    the inverse of Model Garden's `box * scale - offset`), then clipped to the image.
 
     Args:
       boxes: float32 [B, K, 4] (ymin, xmin, ymax, xmax) in the preprocessed image's pixels.
@@ -59,10 +60,8 @@ def boxes_to_input_pixels(boxes: tf.Tensor, image_info: tf.Tensor) -> tf.Tensor:
     Returns:
       float32 [B, K, 4] boxes in input-image pixels, inside [0, orig_h] x [0, orig_w].
     """
-    original = tf.tile(image_info[:, 0:1, :], [1, 1, 2])
-    scale = tf.tile(image_info[:, 2:3, :], [1, 1, 2])
-    offset = tf.tile(image_info[:, 3:4, :], [1, 1, 2])
-    boxes = (boxes + offset) / scale
+    boxes = postprocess.boxes_to_original_pixels(boxes, image_info)
+    original = tf.tile(tf.cast(image_info[:, 0:1, :], tf.float32), [1, 1, 2])
     return tf.clip_by_value(boxes, 0.0, original)
 
 
