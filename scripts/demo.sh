@@ -44,9 +44,10 @@ stamp "5/6 exporting a SavedModel -> $OUT/export"
 $PY export/export_saved_model.py --gin_file=$GIN "${BINDINGS[@]}" --model_dir "$OUT/model" \
   --export_dir "$OUT/export" --input_type image_tensor --overwrite
 
-stamp "6/6 predictions of the exported model on a val image -> $OUT/predictions.png"
-VAL_IMAGE=$(ls "$OUT"/coco/val2017/*.jpg | head -n 1)
-$PY -m tfcp.visualize --mode=predictions --saved_model "$OUT/export" --image "$VAL_IMAGE" \
-  --output "$OUT/predictions.png"
+stamp "6/6 predictions of the exported model on val images -> $OUT/predictions.png"
+IMAGES=()
+for f in $(ls "$OUT"/coco/val2017/*.jpg | head -n 4); do IMAGES+=(--image "$f"); done
+$PY -m tfcp.visualize --mode=predictions --saved_model "$OUT/export" "${IMAGES[@]}" \
+  --min_score 0.3 --output "$OUT/predictions.png"
 
 stamp "done: $OUT/augmented_samples.png, $OUT/model (checkpoints, TensorBoard, metrics.json), $OUT/export, $OUT/predictions.png"

@@ -6,8 +6,15 @@
 
 The samples come from the `train/build_dataset` pipeline exactly as the trainer sees them
 (un-normalized for display). Pasted objects have a dashed white/colored outline and a "P"
-tag. Modes: `augmented` (this one); other modes (e.g. `predictions`) register themselves in
-`MODES` with a function `(flags) -> uint8 [H, W, 3]`.
+tag.
+
+  python -m tfcp.visualize --mode=predictions --saved_model=EXPORT_DIR \
+      --image=a.jpg [--image=b.jpg ...] --output=predictions.png [--min_score=0.5]
+
+draws the detections (masks, boxes, class names) of an exported SavedModel
+(export/export_saved_model.py) on image files, via `tfcp.predict`.
+
+Each mode is a function `(flags) -> uint8 [H, W, 3]` in `MODES`.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from tfcp import draw
+from tfcp import draw, predict
 from tfcp.data import pipeline
 
 FLAGS = flags.FLAGS
@@ -32,6 +39,9 @@ flags.DEFINE_integer("columns", 4, "Images per grid row.")
 flags.DEFINE_integer("tile_size", 0, "Resize each sample to this size (0: keep).")
 flags.DEFINE_integer("seed", None, "Overrides the pipeline seed.")
 flags.DEFINE_list("class_names", [], "Optional class names, index = class id.")
+flags.DEFINE_string("saved_model", None, "predictions mode: exported detection SavedModel.")
+flags.DEFINE_multi_string("image", [], "predictions mode: input image file(s).")
+flags.DEFINE_float("min_score", 0.5, "predictions mode: draw detections scoring at least this.")
 
 
 def sample_tiles(
@@ -89,7 +99,23 @@ def augmented_grid(flags_) -> np.ndarray:
     return draw.make_grid(tiles, columns=flags_.columns)
 
 
-MODES: dict[str, Callable[..., np.ndarray]] = {"augmented": augmented_grid}
+def predictions_grid(flags_) -> np.ndarray:
+    """The `predictions` mode: detections of an exported SavedModel on image files."""
+    if not flags_.saved_model or not flags_.image:
+        raise app.UsageError("--mode=predictions needs --saved_model and at least one --image")
+    return predict.predictions_grid(
+        flags_.saved_model,
+        flags_.image,
+        min_score=flags_.min_score,
+        tile_size=flags_.tile_size,
+        columns=flags_.columns,
+    )
+
+
+MODES: dict[str, Callable[..., np.ndarray]] = {
+    "augmented": augmented_grid,
+    "predictions": predictions_grid,
+}
 
 
 def main(argv) -> None:
