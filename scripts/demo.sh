@@ -24,8 +24,8 @@ done
 NUM_CLASSES=$($PY -c "import json,sys; c=json.load(open(sys.argv[1]))['categories']; print(max(x['id'] for x in c)+1)" "$OUT/coco/annotations/instances_train2017.json")
 
 BINDINGS=(
-  --gin_bindings="TRAIN_FILES='$OUT/records/train*'"
-  --gin_bindings="EVAL_FILES='$OUT/records/val*'"
+  --gin_bindings="TRAIN_FILES='$OUT/records/train-*'"
+  --gin_bindings="EVAL_FILES='$OUT/records/val-*'"
   --gin_bindings="EVAL_ANNOTATIONS='$OUT/coco/annotations/instances_val2017.json'"
   --gin_bindings="NUM_CLASSES=$NUM_CLASSES"
   --gin_bindings="TRAIN_STEPS=$STEPS"
