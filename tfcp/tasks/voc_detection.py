@@ -257,6 +257,7 @@ class VocDetectionTask(maskrcnn.MaskRCNNTask):
         """
         super().__init__(
             model_builder=model_builder,
+            annotation_file=None,  # VOC ground truth comes from the eval records
             loss_config=loss_config,
             init_checkpoint_modules=init_checkpoint_modules,
             num_sample_images=num_sample_images,
