@@ -1,4 +1,4 @@
-"""Feature-extractor SavedModel: export, load, and `restore_into` a fresh model."""
+"""Feature-extractor SavedModel: export, load, and restore into a fresh model."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from tfcp.modeling import factory
+from tfcp.modeling import factory, init_checkpoint
 from tfcp.serving import feature_extractor
 
 S = 64
@@ -68,17 +68,15 @@ class FeatureExtractorTest(tf.test.TestCase):
         for level, value in outputs.items():
             self.assertAllClose(value, expected[level], atol=1e-4, msg=level)
 
-    def test_restore_into_copies_backbone_and_decoder(self):
+    def test_restore_copies_backbone_and_decoder(self):
         self.assertNotAllClose(
             self.fresh.backbone.trainable_variables[0], self.model.backbone.trainable_variables[0]
         )
         head_before = [v.numpy() for v in self.fresh.rpn_head.variables]
-        count = feature_extractor.restore_into(
+        restored = init_checkpoint.restore_backbone_and_decoder(
             self.export_dir, self.fresh.backbone, self.fresh.decoder
         )
-        self.assertEqual(
-            count, len(self.model.backbone.variables) + len(self.model.decoder.variables)
-        )
+        self.assertEqual(restored, ["backbone", "decoder"])
         for module in ("backbone", "decoder"):
             exported = getattr(self.model, module).variables
             restored = getattr(self.fresh, module).variables
@@ -92,37 +90,24 @@ class FeatureExtractorTest(tf.test.TestCase):
     def test_restore_backbone_only(self):
         other = _fresh()
         decoder_before = [v.numpy() for v in other.decoder.variables]
-        count = feature_extractor.restore_into(self.export_dir, other.backbone)
-        self.assertEqual(count, len(other.backbone.variables))
+        restored = init_checkpoint.restore_backbone_and_decoder(self.export_dir, other.backbone)
+        self.assertEqual(restored, ["backbone"])
         self.assertAllEqual(other.backbone.variables[5], self.model.backbone.variables[5])
         self.assertAllEqual(other.decoder.variables[0], decoder_before[0])
 
     def test_incompatible_architecture_is_a_clear_error(self):
         wider = _fresh(decoder_num_filters=24)
-        with self.assertRaisesRegex(ValueError, "do not fit the given backbone and decoder"):
-            feature_extractor.restore_into(self.export_dir, wider.backbone, wider.decoder)
+        with self.assertRaisesRegex(ValueError, r"incompatible with the model's backbone \+"):
+            init_checkpoint.restore_backbone_and_decoder(
+                self.export_dir, wider.backbone, wider.decoder
+            )
         deeper = _fresh(model_id=34)
-        with self.assertRaisesRegex(ValueError, self.export_dir):
-            feature_extractor.restore_into(self.export_dir, deeper.backbone)
-
-    def test_fine_tuning_tasks_restore_path_reads_the_export(self):
-        # MaskRCNNTask / VOC tasks restore INIT_CHECKPOINT through init_checkpoint.
-        from tfcp.modeling import init_checkpoint  # noqa: PLC0415
-
-        other = _fresh()
-        restored = init_checkpoint.restore_backbone_and_decoder(
-            self.export_dir, other.backbone, other.decoder
-        )
-        self.assertEqual(restored, ["backbone", "decoder"])
-        for a, b in zip(self.model.decoder.variables, other.decoder.variables, strict=True):
-            self.assertAllEqual(a, b)
-        self.assertAllEqual(other.backbone.variables[-1], self.model.backbone.variables[-1])
+        with self.assertRaisesRegex(ValueError, f"{self.export_dir} is incompatible.* holds "):
+            init_checkpoint.restore_backbone_and_decoder(self.export_dir, deeper.backbone)
 
     def test_not_a_saved_model(self):
-        with self.assertRaisesRegex(FileNotFoundError, "not a SavedModel"):
-            feature_extractor.restore_into(self.tmp, self.fresh.backbone)
-        self.assertFalse(feature_extractor.is_saved_model_dir(self.tmp))
-        self.assertTrue(feature_extractor.is_saved_model_dir(self.export_dir))
+        with self.assertRaisesRegex(FileNotFoundError, "neither a checkpoint nor a SavedModel"):
+            init_checkpoint.restore_backbone_and_decoder(self.tmp, self.fresh.backbone)
 
     def test_detection_export_has_no_backbone_to_restore(self):
         # A SavedModel whose root holds no `backbone`: a clear error, not a partial restore.
@@ -130,8 +115,8 @@ class FeatureExtractorTest(tf.test.TestCase):
         module.v = tf.Variable(np.ones([3], np.float32))
         path = os.path.join(self.tmp, "other")
         tf.saved_model.save(module, path)
-        with self.assertRaisesRegex(ValueError, "has no 'backbone'"):
-            feature_extractor.restore_into(path, self.fresh.backbone)
+        with self.assertRaisesRegex(ValueError, "contains no 'backbone' variables"):
+            init_checkpoint.restore_backbone_and_decoder(path, self.fresh.backbone)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,30 @@ def _owner_prefix(keys: list[str], module: str) -> tuple[str, ...] | None:
     return min(counts, key=lambda p: (len(p), -counts[p]))
 
 
+_VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def _check_variable_counts(path, keys, owner, leaves) -> None:
+    """Fails when the checkpoint's module holds another number of variables than the model's.
+
+    Catches a shallower model restored from a deeper checkpoint, which a partial restore
+    would otherwise accept silently.
+    """
+    for name, model in leaves.items():
+        module_prefix = "/".join(owner + (name, ""))
+        num_stored = sum(
+            k.startswith(module_prefix) and k.endswith(_VALUE_SUFFIX) and ".OPTIMIZER_SLOT" not in k
+            for k in keys
+        )
+        num_given = len({id(v) for v in model.variables})
+        if num_stored != num_given:
+            raise ValueError(
+                f"init checkpoint {path} is incompatible with the model's {name}: it holds "
+                f"{num_stored} {name} variables, the model's {name} has {num_given} "
+                "(different architecture)"
+            )
+
+
 def _nest(prefix: tuple[str, ...], leaves: dict[str, tf_keras.Model]) -> tf.train.Checkpoint:
     node = tf.train.Checkpoint(**leaves)
     for name in reversed(prefix):
@@ -89,6 +113,7 @@ def restore_backbone_and_decoder(
         k.startswith("/".join(backbone_owner + ("decoder", ""))) for k in keys
     ):
         leaves["decoder"] = decoder
+    _check_variable_counts(path, keys, backbone_owner, leaves)
     checkpoint = _nest(backbone_owner, leaves)
     try:
         status = checkpoint.read(prefix)
