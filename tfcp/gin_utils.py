@@ -18,12 +18,12 @@ GIN_CONFIGS_DIR = os.path.join(REPO_ROOT, "gin_configs")
 CORE_MODULES = ("tfcp.trainer", "tfcp.optimization", "tfcp.distribute_utils")
 OPTIONAL_MODULES = (
     "tfcp.data.pipeline",
-    "tfcp.modeling",
-    "tfcp.modeling.maskrcnn",
+    "tfcp.data.segmentation_pipeline",
     "tfcp.modeling.factory",
+    "tfcp.modeling.segmentation",
     "tfcp.tasks.maskrcnn",
     "tfcp.tasks.segmentation",
-    "tfcp.tasks.voc",
+    "tfcp.tasks.voc_detection",
     "tfcp.evaluation.coco",
 )
 _SEARCH_PATHS_ADDED: set[str] = set()
@@ -80,7 +80,9 @@ def import_configurables(extra_modules: Sequence[str] = ()) -> list[str]:
     return imported
 
 
-def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = ()) -> None:
+def parse_gin(
+    gin_files: Sequence[str], gin_bindings: Sequence[str] = (), finalize_config: bool = True
+) -> None:
     """Imports the configurables, then parses gin files and bindings (bindings win).
 
     `gin_files` are looked up relative to the current directory, then to the repo's
@@ -96,7 +98,9 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = ()) -> Non
     _add_search_paths()
     resolved = [resolve_gin_file(f) for f in gin_files]
     try:
-        gin.parse_config_files_and_bindings(resolved, list(gin_bindings))
+        gin.parse_config_files_and_bindings(
+            resolved, list(gin_bindings), finalize_config=finalize_config
+        )
     except (ValueError, KeyError, SyntaxError, ImportError, OSError) as e:
         where = f"files {list(gin_files)} / bindings {list(gin_bindings)}"
         raise GinConfigError(f"invalid gin configuration ({where}): {e}") from e

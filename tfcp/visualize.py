@@ -26,7 +26,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from tfcp import draw, predict
+from tfcp import draw, gin_utils, predict
 from tfcp.data import pipeline
 
 FLAGS = flags.FLAGS
@@ -124,7 +124,7 @@ def main(argv) -> None:
         raise app.UsageError(f"--mode must be one of {sorted(MODES)}, got {FLAGS.mode!r}")
     # Not finalized: macros of the paths this mode does not build (e.g. EVAL_FILES) may
     # stay unbound; a missing macro that is used still fails when it is evaluated.
-    gin.parse_config_files_and_bindings(FLAGS.gin_file, FLAGS.gin_bindings, finalize_config=False)
+    gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, finalize_config=False)
     grid = MODES[FLAGS.mode](FLAGS)
     Image.fromarray(grid).save(FLAGS.output)
     print(f"Wrote {FLAGS.output} ({grid.shape[1]}x{grid.shape[0]})")
