@@ -30,6 +30,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/copy_paste_op.py
 	$(PY) benchmarks/input_pipeline.py
+	$(PY) benchmarks/export_latency.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) *.egg-info

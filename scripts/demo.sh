@@ -6,7 +6,7 @@
 set -euo pipefail
 OUT=${1:-demo_out}
 PY=${PY:-.venv/bin/python}
-STEPS=${DEMO_STEPS:-400}
+STEPS=${DEMO_STEPS:-2000}
 mkdir -p "$OUT"
 start=$(date +%s)
 stamp() { echo "[demo $(( $(date +%s) - start ))s] $*"; }
@@ -30,6 +30,11 @@ BINDINGS=(
   --gin_bindings="NUM_CLASSES=$NUM_CLASSES"
   --gin_bindings="TRAIN_STEPS=$STEPS"
 )
+TRAIN_BINDINGS=(
+  --gin_bindings="tfcp.Trainer.checkpoint_interval=500"
+  --gin_bindings="tfcp.Trainer.steps_per_loop=50"
+  --gin_bindings="tfcp.Trainer.log_interval=100"
+)
 GIN=gin_configs/demo/maskrcnn_tiny_copy_paste.gin
 
 stamp "3/6 drawing augmented training samples -> $OUT/augmented_samples.png"
@@ -37,7 +42,7 @@ $PY -m tfcp.visualize --gin_file=$GIN "${BINDINGS[@]}" --output "$OUT/augmented_
 
 stamp "4/6 training a tiny Mask R-CNN with Copy-Paste for $STEPS steps, then COCO evaluation"
 rm -rf "$OUT/model"
-$PY -m tfcp.train --gin_file=$GIN "${BINDINGS[@]}" --model_dir "$OUT/model" --mode train_and_eval
+$PY -m tfcp.train --gin_file=$GIN "${BINDINGS[@]}" "${TRAIN_BINDINGS[@]}" --model_dir "$OUT/model" --mode train_and_eval
 echo "metrics.json:"; cat "$OUT/model/metrics.json"; echo
 
 stamp "5/6 exporting a SavedModel -> $OUT/export"

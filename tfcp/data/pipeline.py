@@ -1,10 +1,13 @@
 """The training and eval input pipeline: TFRecords -> jitter -> Copy-Paste -> Mask R-CNN targets.
 
-Training (`is_training=True`): each record is decoded once (one JPEG decode) and turned into
-two views with their own stateless scale jitter: a target view (`main_scale_range`) and a
-source view (`paste_scale_range`, paper Table 11). Consecutive examples are paired (ragged
-batch of 2) and crossed: `copy_paste(t0, s1)`, `copy_paste(t1, s0)`, each with probability
-`copy_paste_prob`. Crowd objects are removed from the targets only after pasting, so they
+Training (`is_training=True`): each record is decoded once (one JPEG decode) and scale
+jittered once; consecutive examples are paired (ragged batch of 2) and crossed:
+`copy_paste(v0, v1)`, `copy_paste(v1, v0)`, each with probability `copy_paste_prob`. This is
+the paper's recipe (Sec. 3.1: jitter each of two images, paste a subset of one onto the
+other), and every image serves once as a target and once as a source. When the pasted
+images get their own jitter range (`paste_scale_range != main_scale_range`, paper Table 11),
+each record gets a second, independently jittered source view: `copy_paste(t0, s1)`,
+`copy_paste(t1, s0)`. Crowd objects are removed from the targets only after pasting, so they
 still occlude and get occluded. Every random choice derives from `seed` and the example's
 position in the (seeded) shuffled stream, so batches are identical for any
 `num_parallel_calls`.
@@ -198,6 +201,9 @@ def build_dataset(
 
     base_seed = tf.constant([seed, pipeline_id], tf.int64)
     paste = copy_paste_prob > 0.0
+    # One jittered view serves as target and (for the partner) as source, unless the pasted
+    # images have their own jitter range (paper Table 11).
+    separate_source_view = paste and tuple(paste_scale_range) != tuple(main_scale_range)
     keep_is_pasted = keep_is_pasted and paste
 
     @_no_autograph
@@ -213,7 +219,9 @@ def build_dataset(
             flip_prob=flip_prob,
             pad_value=pad_value,
         )
-        if not paste:
+        if keep_is_pasted:
+            target["groundtruth_is_pasted"] = tf.zeros_like(target["groundtruth_is_crowd"])
+        if not separate_source_view:
             return example_seed, target
         source = scale_jitter.scale_jitter(
             {k: v for k, v in decoded.items() if k in _SOURCE_KEYS},
@@ -223,9 +231,6 @@ def build_dataset(
             flip_prob=flip_prob,
             pad_value=pad_value,
         )
-        if keep_is_pasted:
-            target["groundtruth_is_pasted"] = tf.zeros_like(target["groundtruth_is_crowd"])
-            source["groundtruth_is_pasted"] = tf.ones_like(source["groundtruth_is_crowd"])
         return example_seed, target, source
 
     @_no_autograph
@@ -269,11 +274,15 @@ def build_dataset(
         return tf.cond(coin < copy_paste_prob, pasted, lambda: dict(target))
 
     @_no_autograph
-    def cross_pair(example_seeds, pair_targets, pair_sources):
+    def cross_pair(example_seeds, pair_targets, pair_sources=None):
+        if pair_sources is None:
+            pair_sources = {k: v for k, v in pair_targets.items() if k in _SOURCE_KEYS}
         outputs = []
         for k in (0, 1):
             target = {key: value[k] for key, value in pair_targets.items()}
             source = {key: value[1 - k] for key, value in pair_sources.items()}
+            if keep_is_pasted:
+                source["groundtruth_is_pasted"] = tf.ones_like(source["groundtruth_is_crowd"])
             example = paste_one(target, source, example_seeds[k])
             outputs.append(make_targets(example, example_seeds[k]))
         return tf.nest.map_structure(lambda a, b: tf.stack([a, b]), outputs[0], outputs[1])
