@@ -28,29 +28,8 @@ import numpy as np
 from PIL import Image
 
 from tfcp.data.synthetic_scenes import generate_scene, image_rng, image_shape, save_jpeg
+from tfcp.data.voc_classes import VOC_CLASSES
 
-VOC_CLASSES = (
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
 VOC_YEARS = (2007, 2012)
 VOID = 255
 _POSES = ("Unspecified", "Left", "Right", "Frontal", "Rear")

@@ -49,29 +49,8 @@ from tfcp.data.tfrecord_io import (
     write_json,
     write_sharded,
 )
+from tfcp.data.voc_classes import VOC_CLASSES
 
-VOC_CLASSES = (
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
 CLASS_ID = {name: i + 1 for i, name in enumerate(VOC_CLASSES)}
 IGNORE_LABEL = 255
 YEARS = ("2007", "2012")

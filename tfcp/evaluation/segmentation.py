@@ -14,29 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-VOC_SEGMENTATION_CLASSES = (
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
+from tfcp.data.voc_classes import VOC_SEGMENTATION_CLASSES
 
 
 class SegmentationEvaluator:

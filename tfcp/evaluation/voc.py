@@ -30,28 +30,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-VOC_CLASSES = (
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
+from tfcp.data.voc_classes import VOC_CLASSES
 
 
 def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray, pixel_convention: bool = False):
