@@ -12,56 +12,29 @@ See `tfcp.data.coco_converter` for the conventions and the handling of bad input
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 
 from tfcp.data import coco_converter
-from tfcp.data.tfrecord_io import ConversionError
+from tfcp.data import converter_cli as cli
 
 _IMAGE_DIR = flags.DEFINE_string("image_dir", None, "Folder of the images.")
 _ANNOTATIONS_JSON = flags.DEFINE_string("annotations_json", None, "COCO or LVIS instances JSON.")
 _INCLUDE_MASKS = flags.DEFINE_boolean("include_masks", True, "Write PNG instance masks.")
-# Flags shared by both converters: identical definitions with allow_override, so that
-# both CLIs can be imported in one process (tests) without a DuplicateFlagError.
-_OUTPUT_PREFIX = flags.DEFINE_string(
-    "output_prefix", None, "Output path prefix of the shards.", allow_override=True
-)
-_NUM_SHARDS = flags.DEFINE_integer(
-    "num_shards", 32, "Number of TFRecord files.", lower_bound=1, allow_override=True
-)
-_SKIP_BAD_IMAGES = flags.DEFINE_boolean(
-    "skip_bad_images",
-    False,
-    "Skip (and count in the summary) missing, corrupt or wrongly sized image files "
-    "instead of stopping.",
-    allow_override=True,
-)
-_NUM_WORKERS = flags.DEFINE_integer(
-    "num_workers",
-    None,
-    "Conversion processes (default: number of CPUs; 0 = convert in the main process).",
-    allow_override=True,
-)
 
 
 def main(argv):
     del argv
-    try:
-        summary = coco_converter.convert_coco(
+    return cli.run(
+        lambda: coco_converter.convert_coco(
             _IMAGE_DIR.value,
             _ANNOTATIONS_JSON.value,
-            _OUTPUT_PREFIX.value,
-            _NUM_SHARDS.value,
+            cli.OUTPUT_PREFIX.value,
+            cli.NUM_SHARDS.value,
             include_masks=_INCLUDE_MASKS.value,
-            skip_bad_images=_SKIP_BAD_IMAGES.value,
-            num_workers=_NUM_WORKERS.value,
+            skip_bad_images=cli.SKIP_BAD_IMAGES.value,
+            num_workers=cli.NUM_WORKERS.value,
         )
-    except ConversionError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
-    print(summary.format())
-    return 0
+    )
 
 
 if __name__ == "__main__":
