@@ -52,12 +52,13 @@ class ToyTask(Task):
         out = tf_keras.layers.Dense(1, name="out", dtype="float32")(h)
         return tf_keras.Model(inputs, out)
 
-    def build_inputs(self, is_training, input_context=None):
+    def build_inputs(self, is_training, input_context=None, start_step=0):
         batch = self.global_batch_size
         if input_context is not None:
             batch = input_context.get_per_replica_batch_size(self.global_batch_size)
         if is_training:
-            ds = tf.data.Dataset.range(2**40)
+            # Global batch b holds examples b*B .. b*B+B-1 (split over pipelines below).
+            ds = tf.data.Dataset.range(start_step * self.global_batch_size, 2**40)
         else:
             ds = tf.data.Dataset.range(self.num_eval_examples)
         if input_context is not None and input_context.num_input_pipelines > 1:
@@ -99,3 +100,42 @@ class ToyTask(Task):
     def sample_images(self, features, labels, outputs=None):
         n = int(tf.shape(features["x"])[0])
         return np.full([min(n, 2), 8, 8, 3], 128, np.uint8)
+
+
+@gin.configurable
+class PipelineFingerprintTask(ToyTask):
+    """The real Mask R-CNN input pipeline under a trivial model, for resume tests.
+
+    Its logged "losses" fingerprint each step's batch (sums of images and box targets), so
+    two runs saw the same batches at a step iff their logged fingerprints are equal.
+    """
+
+    def __init__(self, file_pattern: str, global_batch_size: int = 4, **pipeline_kwargs):
+        super().__init__(global_batch_size=global_batch_size)
+        self.file_pattern = file_pattern
+        self.pipeline_kwargs = pipeline_kwargs
+
+    def build_model(self):
+        inputs = tf_keras.Input([None, None, 3], name="images")
+        pooled = tf_keras.layers.GlobalAveragePooling2D()(inputs)
+        return tf_keras.Model(inputs, tf_keras.layers.Dense(1, name="out")(pooled))
+
+    def build_inputs(self, is_training, input_context=None, start_step=0):
+        from tfcp.data import pipeline  # noqa: PLC0415
+
+        return pipeline.build_dataset(
+            file_pattern=self.file_pattern,
+            is_training=is_training,
+            global_batch_size=self.global_batch_size,
+            input_context=input_context,
+            start_step=start_step,
+            **self.pipeline_kwargs,
+        )
+
+    def build_losses(self, model, features, labels, training):
+        pred = model(features, training=training)[:, 0]
+        return {
+            "total_loss": tf.reduce_mean(tf.square(pred)),
+            "image_sum": tf.reduce_sum(tf.cast(features, tf.float64)),
+            "box_sum": tf.reduce_sum(tf.cast(labels["gt_boxes"], tf.float64)),
+        }

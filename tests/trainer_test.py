@@ -19,7 +19,7 @@ def _make_trainer(model_dir, lr=0.1, **kwargs):
     task_kwargs = {k: kwargs.pop(k) for k in ("nan_at_step", "hidden_units") if k in kwargs}
     defaults = dict(
         model_dir=model_dir,
-        task=toy_task.ToyTask(**task_kwargs),
+        task=kwargs.pop("task", None) or toy_task.ToyTask(**task_kwargs),
         train_steps=10,
         steps_per_loop=5,
         log_interval=5,
@@ -29,6 +29,19 @@ def _make_trainer(model_dir, lr=0.1, **kwargs):
     )
     defaults.update(kwargs)
     return trainer.Trainer(**defaults)
+
+
+@gin.configurable
+def eval_only_setting(value=0):
+    return value
+
+
+class _EvalConfiguredTask(toy_task.ToyTask):
+    """Uses a gin configurable only when evaluating (like the eval pipeline does)."""
+
+    def evaluator_begin(self):
+        eval_only_setting()
+        super().evaluator_begin()
 
 
 def _fixed_batch_loss(tr):
@@ -157,9 +170,66 @@ class TrainerTest(tf.test.TestCase):
         self.assertIsInstance(tr.optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
         tf_keras.mixed_precision.set_global_policy("float32")
 
+    def test_auto_mixed_precision_is_float32_on_cpu(self):
+        tr = _make_trainer(self.model_dir, mixed_precision="auto", hidden_units=4)
+        self.assertEqual(tr.model.get_layer("hidden").compute_dtype, "float32")
+        self.assertNotIsInstance(tr.optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+
+    def test_rerun_of_a_run_killed_during_its_final_eval_evaluates(self):
+        _make_trainer(self.model_dir, train_steps=10, eval_interval=5).train(evaluate=True)
+        metrics = os.path.join(self.model_dir, summaries.METRICS_FILE)
+        # A kill during the final evaluation leaves ckpt-10 but metrics.json of step 5.
+        summaries.write_metrics(self.model_dir, 5, {"mse": 1.0})
+        tr = _make_trainer(self.model_dir, train_steps=10, eval_interval=5)
+        self.assertEqual(tr.train(evaluate=True), trainer.COMPLETED)
+        with open(metrics) as f:
+            self.assertEqual(json.load(f)["step"], 10)
+        # Killed during the step-5 evaluation: the rerun evaluates step 5, then trains on.
+        shutil.rmtree(self.model_dir)
+        _make_trainer(self.model_dir, train_steps=5).train()
+        tr = _make_trainer(self.model_dir, train_steps=10, eval_interval=5)
+        tr.train(evaluate=True)
+        with open(os.path.join(self.model_dir, summaries.METRICS_HISTORY_FILE)) as f:
+            self.assertEqual([json.loads(line)["step"] for line in f], [5, 10])
+        # A finished and evaluated run is not evaluated again.
+        tr = _make_trainer(self.model_dir, train_steps=10, eval_interval=5)
+        tr.evaluate_model = lambda step: self.fail(f"evaluated step {step} again")
+        tr.train(evaluate=True)
+
+    def test_config_gin_is_rewritten_after_eval_with_eval_bindings(self):
+        gin.parse_config("eval_only_setting.value = 3")
+        task = _EvalConfiguredTask()
+        tr = _make_trainer(self.model_dir, train_steps=5, task=task)
+        tr.train(evaluate=True)
+        with open(os.path.join(self.model_dir, summaries.CONFIG_FILE)) as f:
+            self.assertIn("eval_only_setting.value = 3", f.read())
+
+    def test_input_images_come_from_a_per_replica_batch(self):
+        calls = []
+        task = toy_task.ToyTask()
+        build = task.build_inputs
+
+        def recording_build(is_training, input_context=None, start_step=0):
+            calls.append((is_training, input_context, start_step))
+            return build(is_training, input_context, start_step)
+
+        task.build_inputs = recording_build
+        tr = _make_trainer(self.model_dir, train_steps=5, task=task, image_summaries=True)
+        tr.train()
+        self.assertTrue(calls)
+        for _, context, _ in calls:
+            # Never the global batch (input_context=None): 256 images with the paper configs.
+            self.assertIsNotNone(context, "a dataset was built without an input context")
+        tr = _make_trainer(self.model_dir, train_steps=8, task=task, image_summaries=True)
+        calls.clear()
+        tr.train()
+        self.assertEqual({c[2] for c in calls if c[0]}, {5})  # resumed stream, images too
+
     def test_bad_arguments(self):
         with self.assertRaisesRegex(ValueError, "mixed_precision"):
             _make_trainer(self.model_dir, mixed_precision="fp8")
+        with self.assertRaisesRegex(ValueError, "'exact'"):
+            _make_trainer(self.model_dir, resume_data_position="skip")
         with self.assertRaisesRegex(ValueError, "train_steps"):
             _make_trainer(self.model_dir, train_steps=0)
 

@@ -86,6 +86,33 @@ def _auto_strategy_name(tpu: str | None) -> str:
     return "one_device"
 
 
+MIXED_PRECISION_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
+
+
+def resolve_mixed_precision(policy: str, strategy: tf.distribute.Strategy) -> str:
+    """Resolves `policy` ('auto' picks by device) to a Keras mixed-precision policy name.
+
+    'auto' is 'mixed_bfloat16' under a TPU strategy (the paper's setting), 'mixed_float16'
+    (with loss scaling in the trainer) when GPUs are visible, else 'float32' (CPUs gain
+    nothing from half precision). Any other name is returned as is.
+
+    Raises:
+      ValueError: an unknown policy name.
+    """
+    if policy not in MIXED_PRECISION_POLICIES:
+        raise ValueError(f"unknown mixed precision policy {policy!r}")
+    if policy != "auto":
+        return policy
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        resolved = "mixed_bfloat16"
+    elif tf.config.list_logical_devices("GPU"):
+        resolved = "mixed_float16"
+    else:
+        resolved = "float32"
+    logging.info("Mixed precision 'auto' -> %s", resolved)
+    return resolved
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """True on the process that writes checkpoints, summaries and metrics."""
     resolver = getattr(strategy, "cluster_resolver", None)

@@ -115,6 +115,15 @@ def write_metrics(model_dir: str, step: int, metrics: Mapping[str, float]) -> di
     return record
 
 
+def read_metrics(model_dir: str) -> dict | None:
+    """The last record `write_metrics` wrote to `model_dir`, or None."""
+    path = os.path.join(model_dir, METRICS_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.loads(f.read())
+
+
 def write_operative_config(
     model_dir: str, gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()
 ) -> str:

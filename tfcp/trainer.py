@@ -93,13 +93,15 @@ class Trainer:
       max_checkpoints_to_keep: number of checkpoints kept.
       weight_decay: L2 weight decay on kernels (paper 4e-5); added to `model.losses`.
       optimizer_fn: builds the optimizer (default `build_optimizer`, gin-configured).
-      mixed_precision: 'float32', 'mixed_bfloat16' or 'mixed_float16' (loss scaling).
+      mixed_precision: 'float32', 'mixed_bfloat16', 'mixed_float16' (loss scaling) or
+        'auto': mixed_bfloat16 under a TPU strategy, mixed_float16 when GPUs are visible,
+        float32 otherwise (`distribute_utils.resolve_mixed_precision`).
       init_checkpoint: passed to `task.initialize` on a fresh start only (never on resume).
-      checkpoint_iterator: try to save the input iterator with the checkpoints (see
-        tfcp/checkpointing.py: not possible for distributed iterators in TF 2.20).
-      resume_data_position: when the checkpoint has no iterator state: 'skip' (resumed
-        input skips the batches already consumed; exact for deterministic pipelines, costs
-        pipeline time proportional to the step) or 'restart' (input starts over).
+      resume_data_position: 'exact' (default): a resumed run asks the task for the input
+        stream from the checkpoint's step (`Task.build_inputs(start_step=...)`) and gets
+        exactly the batches an uninterrupted run would, at a cost that does not grow with
+        the step (see tfcp/data/records.py); 'restart': the input starts over from its
+        first batch (the pre-0.2 behaviour of the paper configs).
       image_summaries: write `task.sample_images` pictures to TensorBoard.
       gin_files, gin_bindings: the command line, recorded at the top of config.gin.
     """
@@ -119,8 +121,7 @@ class Trainer:
         optimizer_fn=optimization.build_optimizer,
         mixed_precision: str = "float32",
         init_checkpoint: str | None = None,
-        checkpoint_iterator: bool = True,
-        resume_data_position: str = "skip",
+        resume_data_position: str = "exact",
         image_summaries: bool = True,
         gin_files: Sequence[str] = (),
         gin_bindings: Sequence[str] = (),
@@ -133,12 +134,12 @@ class Trainer:
         ]:
             if int(value) <= 0:
                 raise ValueError(f"Trainer.{name} must be positive, got {value}")
-        if resume_data_position not in ("skip", "restart"):
+        if resume_data_position not in ("exact", "restart"):
             raise ValueError(
-                f"Trainer.resume_data_position must be 'skip' or 'restart', "
-                f"got {resume_data_position!r}"
+                "Trainer.resume_data_position must be 'exact' or 'restart' ('skip' was "
+                f"replaced by 'exact'), got {resume_data_position!r}"
             )
-        if mixed_precision not in ("float32", "mixed_bfloat16", "mixed_float16"):
+        if mixed_precision not in distribute_utils.MIXED_PRECISION_POLICIES:
             raise ValueError(f"unknown Trainer.mixed_precision {mixed_precision!r}")
         self.model_dir = model_dir
         self.task = task
@@ -149,16 +150,16 @@ class Trainer:
         self.eval_interval = eval_interval
         self.weight_decay = float(weight_decay)
         self.init_checkpoint = init_checkpoint or None
-        self.checkpoint_iterator = checkpoint_iterator
         self.resume_data_position = resume_data_position
         self.image_summaries = image_summaries
         self._gin_files, self._gin_bindings = list(gin_files), list(gin_bindings)
         self._max_to_keep = max_checkpoints_to_keep
-        self._mixed_precision = mixed_precision
         self._stop_requested = False
 
-        tf_keras.mixed_precision.set_global_policy(mixed_precision)
         self.strategy = strategy or distribute_utils.build_strategy()
+        mixed_precision = distribute_utils.resolve_mixed_precision(mixed_precision, self.strategy)
+        self._mixed_precision = mixed_precision
+        tf_keras.mixed_precision.set_global_policy(mixed_precision)
         self.chief = distribute_utils.is_chief(self.strategy)
         self._write_dir = checkpointing.write_dir(
             model_dir, self.chief, distribute_utils.worker_id(self.strategy)
@@ -177,7 +178,6 @@ class Trainer:
             self._bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
             self._bad_loss = tf.Variable(0.0, dtype=tf.float32, trainable=False)
         self._loss_names: list[str] = []
-        self._config_written = False
 
     # ----------------------------------------------------------------- helpers
 
@@ -188,17 +188,41 @@ class Trainer:
             return float(lr(opt.iterations))
         return float(tf.convert_to_tensor(lr))
 
-    def _write_config_once(self):
-        if self.chief and not self._config_written:
+    def _write_config(self):
+        """Writes config.gin: at the start, and again after each evaluation (whose
+        pipeline and evaluator bindings only become operative when they are first used)."""
+        if self.chief:
             summaries.write_operative_config(self.model_dir, self._gin_files, self._gin_bindings)
-            self._config_written = True
 
-    def _distribute_inputs(self, is_training: bool, skip_batches: int = 0):
+    def _distribute_inputs(self, is_training: bool, start_step: int = 0):
         def dataset_fn(ctx):
-            ds = self.task.build_inputs(is_training, ctx)
-            return ds.skip(skip_batches) if skip_batches else ds
+            if is_training:
+                return self.task.build_inputs(True, ctx, start_step=start_step)
+            return self.task.build_inputs(False, ctx)
 
         return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def _per_replica_context(self) -> tf.distribute.InputContext:
+        """The input context of this worker's first input pipeline (per-replica batches)."""
+        return tf.distribute.InputContext(
+            num_input_pipelines=max(distribute_utils.num_workers(self.strategy), 1),
+            input_pipeline_id=distribute_utils.worker_id(self.strategy),
+            num_replicas_in_sync=self.strategy.num_replicas_in_sync,
+        )
+
+    def _evaluate_and_record(self, step: int) -> dict:
+        record = self.evaluate_model(step)
+        self._write_config()
+        return record
+
+    def _needs_eval_on_resume(self, step: int) -> bool:
+        """A run killed during an evaluation resumes at its checkpoint: evaluate it first."""
+        if step == 0 or not (
+            step >= self.train_steps or (self.eval_interval and step % self.eval_interval == 0)
+        ):
+            return False
+        last = summaries.read_metrics(self.model_dir)
+        return last is None or int(last.get("step", -1)) < step
 
     def _request_stop(self, signum, frame):
         del frame
@@ -281,37 +305,34 @@ class Trainer:
         """
         tf.io.gfile.makedirs(self.model_dir)
         latest = checkpointing.latest_checkpoint(self.model_dir)
-        skip = 0
-        if (
-            latest
-            and self.resume_data_position == "skip"
-            and not (self.checkpoint_iterator and checkpointing.has_iterator_state(latest))
-        ):
-            replicas_per_pipeline = self.strategy.num_replicas_in_sync // max(
-                distribute_utils.num_workers(self.strategy), 1
-            )
-            skip = checkpointing.checkpoint_step(latest) * replicas_per_pipeline
-            logging.info("Input position not in checkpoint: skipping %d batches.", skip)
-        iterator = iter(self._distribute_inputs(True, skip))
         ckpt = checkpointing.TrainCheckpoint(
             self._write_dir,
             self.model,
             self.optimizer,
             self.global_step,
-            iterator=iterator if self.checkpoint_iterator else None,
             max_to_keep=self._max_to_keep,
         )
         if latest:
             ckpt.restore(latest)
         else:
             self.task.initialize(self.model, self.init_checkpoint)
-        self._write_config_once()
+        self._write_config()
+        step = int(self.global_step.numpy())
+        if evaluate and self._needs_eval_on_resume(step):
+            logging.info("Step %d has no evaluation in metrics.json: evaluating it now.", step)
+            self._evaluate_and_record(step)
+        if step >= self.train_steps:
+            checkpointing.remove_temp_dir(self._write_dir, self.chief)
+            return COMPLETED
+        start_step = step if self.resume_data_position == "exact" else 0
+        if start_step:
+            logging.info("Input stream resumes at step %d.", start_step)
+        iterator = iter(self._distribute_inputs(True, start_step))
         writer = summaries.SummaryWriter(
             os.path.join(self.model_dir, "train") if self.chief else None
         )
-        step = int(self.global_step.numpy())
-        if self.image_summaries and self.chief and step < self.train_steps:
-            self._write_input_images(writer, step)
+        if self.image_summaries and self.chief:
+            self._write_input_images(writer, step, start_step)
 
         handlers = {}
         if threading.current_thread() is threading.main_thread():
@@ -351,7 +372,7 @@ class Trainer:
                     step == self.train_steps
                     or (self.eval_interval and step % self.eval_interval == 0)
                 ):
-                    self.evaluate_model(step)
+                    self._evaluate_and_record(step)
                 if distribute_utils.any_worker(self.strategy, self._stop_requested):
                     if last_saved != step:
                         ckpt.save()
@@ -379,8 +400,10 @@ class Trainer:
         writer.scalars(step, scalars)
         acc.reset()
 
-    def _write_input_images(self, writer, step):
-        dataset = self.task.build_inputs(True, None)
+    def _write_input_images(self, writer, step, start_step):
+        """Draws the first per-replica batch of this worker's stream (never a global batch:
+        with the paper configs that would be 256 images at 1024 px)."""
+        dataset = self.task.build_inputs(True, self._per_replica_context(), start_step=start_step)
         for features, labels in dataset.take(1):
             writer.images(step, "train/inputs", self.task.sample_images(features, labels))
 
@@ -441,8 +464,8 @@ class Trainer:
         status = tf.train.Checkpoint(model=self.model, global_step=self.global_step).restore(path)
         status.expect_partial()
         status.assert_existing_objects_matched()
-        self._write_config_once()
-        return self.evaluate_model(int(self.global_step.numpy()))
+        self._write_config()
+        return self._evaluate_and_record(int(self.global_step.numpy()))
 
 
 def run(

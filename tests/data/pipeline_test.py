@@ -144,6 +144,29 @@ class PipelineTest(tf.test.TestCase):
         self.assertTrue(is_pasted.any())
         self.assertTrue((classes[is_pasted] >= 1).all())  # pasted slots are real objects
 
+    def test_resumed_stream_equals_the_uninterrupted_one(self):
+        # Batch 3 makes every other step start in the middle of a Copy-Paste pair; 7 records
+        # make steps straddle epochs. Bit-identical batches from any start step.
+        for paste_prob, starts in ((1.0, (1, 4)), (0.0, (3,))):
+            full = self._batches(6, global_batch_size=3, copy_paste_prob=paste_prob)
+            for start_step in starts:
+                resumed = self._batches(
+                    6 - start_step,
+                    global_batch_size=3,
+                    copy_paste_prob=paste_prob,
+                    start_step=start_step,
+                )
+                for a, b in zip(full[start_step:], resumed, strict=True):
+                    tf.nest.map_structure(self.assertAllEqual, a, b)
+
+    def test_resumed_stream_with_two_replicas_per_pipeline(self):
+        # One input pipeline feeding 2 replicas: a step consumes 2 per-replica batches.
+        ctx = tf.distribute.InputContext(num_replicas_in_sync=2)
+        full = self._batches(6, input_context=ctx, global_batch_size=2)
+        resumed = self._batches(2, input_context=ctx, global_batch_size=2, start_step=2)
+        for a, b in zip(full[4:], resumed, strict=True):
+            tf.nest.map_structure(self.assertAllEqual, a, b)
+
     def test_sharding_by_input_context(self):
         ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1)
         batches = self._batches(1, input_context=ctx, global_batch_size=4)

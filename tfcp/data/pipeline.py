@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import gin
 import tensorflow as tf
 
-from tfcp.data import decoder, targets
+from tfcp.data import decoder, records, targets
 from tfcp.ops import copy_paste as copy_paste_lib
 from tfcp.ops import scale_jitter
 
@@ -60,27 +60,6 @@ def list_files(file_pattern: str | Sequence[str]) -> list[str]:
             raise ValueError(f"No file matches the input pattern {pattern!r}")
         files.extend(matched)
     return files
-
-
-def _records(files, *, is_training, seed, num_pipelines, pipeline_id, num_parallel_calls):
-    """A dataset of serialized records, sharded by input pipeline, shuffled for training."""
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    shard_files = num_pipelines > 1 and len(files) >= num_pipelines
-    if shard_files:
-        dataset = dataset.shard(num_pipelines, pipeline_id)
-    if is_training:
-        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.interleave(
-            tf.data.TFRecordDataset,
-            cycle_length=min(len(files), 16),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
-    else:
-        dataset = dataset.flat_map(tf.data.TFRecordDataset)
-    if num_pipelines > 1 and not shard_files:
-        dataset = dataset.shard(num_pipelines, pipeline_id)
-    return dataset
 
 
 @gin.configurable
@@ -118,6 +97,7 @@ def build_dataset(
     numeric_source_id: bool = True,
     num_parallel_calls: int = tf.data.AUTOTUNE,
     keep_is_pasted: bool = False,
+    start_step: int = 0,
 ) -> tf.data.Dataset:
     """Builds the Mask R-CNN training or eval dataset.
 
@@ -131,7 +111,7 @@ def build_dataset(
       input_context: `tf.distribute.InputContext`; files (or records, if there are fewer
         files than input pipelines) are sharded by input pipeline.
       seed: the global seed of shuffling and of every augmentation.
-      shuffle_buffer: records in the shuffle buffer (training).
+      shuffle_buffer: records per shuffled window (training; `tfcp.data.records`).
       copy_paste_prob: probability of applying Copy-Paste to an example (0 disables it and
         skips the source views).
       main_scale_range: scale jitter range of the target views (LSJ (0.1, 2.0), SSJ
@@ -154,6 +134,9 @@ def build_dataset(
         Garden's COCO evaluator takes); False keeps the string.
       num_parallel_calls: parallelism of the map stages.
       keep_is_pasted: debug/visualization: add `labels['gt_is_pasted']` bool [B, K].
+      start_step: training: the global step the stream starts at (a resumed run's
+        checkpoint step): the batches are exactly those an uninterrupted run gets from
+        that step on, and starting costs the same at any step.
 
     Returns:
       A `tf.data.Dataset` of `(images float32 [B, S, S, 3], labels)`, see the module doc.
@@ -166,12 +149,7 @@ def build_dataset(
     if not 0.0 <= copy_paste_prob <= 1.0:
         raise ValueError(f"copy_paste_prob must be in [0, 1], got {copy_paste_prob}")
     files = list_files(file_pattern)
-    num_pipelines, pipeline_id = 1, 0
-    batch_size = global_batch_size
-    if input_context is not None:
-        num_pipelines = input_context.num_input_pipelines
-        pipeline_id = input_context.input_pipeline_id
-        batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+    _, pipeline_id, batch_size = records.pipeline_layout(input_context, global_batch_size)
     anchor_config = dict(
         min_level=min_level,
         max_level=max_level,
@@ -179,13 +157,18 @@ def build_dataset(
         aspect_ratios=tuple(aspect_ratios),
         anchor_size=anchor_size,
     )
-    dataset = _records(
+    paste = copy_paste_prob > 0.0
+    # Copy-Paste pairs consecutive examples: a resumed stream starts at a pair boundary and
+    # drops the first example of the pair when the step's position is odd.
+    dataset, drop = records.read(
         files,
         is_training=is_training,
         seed=seed,
-        num_pipelines=num_pipelines,
-        pipeline_id=pipeline_id,
-        num_parallel_calls=num_parallel_calls,
+        shuffle_buffer=shuffle_buffer,
+        input_context=input_context,
+        batch_size=batch_size,
+        start_step=start_step,
+        position_multiple=2 if paste else 1,
     )
     if not is_training:
         return _eval_dataset(
@@ -200,14 +183,14 @@ def build_dataset(
         )
 
     base_seed = tf.constant([seed, pipeline_id], tf.int64)
-    paste = copy_paste_prob > 0.0
     # One jittered view serves as target and (for the partner) as source, unless the pasted
     # images have their own jitter range (paper Table 11).
     separate_source_view = paste and tuple(paste_scale_range) != tuple(main_scale_range)
     keep_is_pasted = keep_is_pasted and paste
 
     @_no_autograph
-    def decode_views(index, serialized):
+    def decode_views(index, record_name, serialized):
+        del record_name
         example_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
         seeds = tf.random.experimental.stateless_split(example_seed, 3)
         decoded = decoder.decode(serialized, include_mask=include_mask or paste)
@@ -287,13 +270,11 @@ def build_dataset(
             outputs.append(make_targets(example, example_seeds[k]))
         return tf.nest.map_structure(lambda a, b: tf.stack([a, b]), outputs[0], outputs[1])
 
-    dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.repeat().enumerate()
     dataset = dataset.map(decode_views, num_parallel_calls=num_parallel_calls, deterministic=True)
     if paste:
         dataset = dataset.ragged_batch(2, drop_remainder=True)
         dataset = dataset.map(cross_pair, num_parallel_calls=num_parallel_calls, deterministic=True)
-        dataset = dataset.unbatch()
+        dataset = dataset.unbatch().skip(drop)
     else:
         dataset = dataset.map(
             lambda s, t: make_targets(t, s), num_parallel_calls=num_parallel_calls

@@ -32,7 +32,7 @@ import gin
 import tensorflow as tf
 from official.vision.ops import preprocess_ops
 
-from tfcp.data import decoder, pipeline
+from tfcp.data import decoder, pipeline, records
 from tfcp.ops import scale_jitter
 
 IGNORE_LABEL = 255
@@ -159,6 +159,7 @@ def build_segmentation_dataset(
     ignore_label: int = IGNORE_LABEL,
     eval_groundtruth_size: int = 512,
     num_parallel_calls: int = tf.data.AUTOTUNE,
+    start_step: int = 0,
 ) -> tf.data.Dataset:
     """Builds the semantic-segmentation training or eval dataset.
 
@@ -171,7 +172,7 @@ def build_segmentation_dataset(
       image_size: S, the square model input size.
       input_context: `tf.distribute.InputContext` for sharding and per-replica batch.
       seed: seed of shuffling and augmentation.
-      shuffle_buffer: records in the shuffle buffer (training).
+      shuffle_buffer: records per shuffled window (training; `tfcp.data.records`).
       scale_range: random scale range of the output size (training).
       flip_prob: horizontal flip probability (training).
       pad_value: image padding value.
@@ -179,6 +180,7 @@ def build_segmentation_dataset(
       eval_groundtruth_size: P, eval labels are padded to [P, P] (>= the largest
         original image side; VOC images are at most 500 px).
       num_parallel_calls: parallelism of the map stage.
+      start_step: training: the global step the (resumable, index-keyed) stream starts at.
 
     Returns:
       A `tf.data.Dataset`, see the module docstring.
@@ -187,24 +189,22 @@ def build_segmentation_dataset(
       ValueError: a pattern matches no file.
     """
     files = pipeline.list_files(file_pattern)
-    num_pipelines, pipeline_id, batch_size = 1, 0, global_batch_size
-    if input_context is not None:
-        num_pipelines = input_context.num_input_pipelines
-        pipeline_id = input_context.input_pipeline_id
-        batch_size = input_context.get_per_replica_batch_size(global_batch_size)
-    dataset = pipeline._records(  # noqa: SLF001 - shared sharding/shuffling of records
+    _, pipeline_id, batch_size = records.pipeline_layout(input_context, global_batch_size)
+    dataset, _ = records.read(
         files,
         is_training=is_training,
         seed=seed,
-        num_pipelines=num_pipelines,
-        pipeline_id=pipeline_id,
-        num_parallel_calls=num_parallel_calls,
+        shuffle_buffer=shuffle_buffer,
+        input_context=input_context,
+        batch_size=batch_size,
+        start_step=start_step,
     )
     if is_training:
         base_seed = tf.constant([seed, pipeline_id], tf.int64)
 
         @_no_autograph
-        def parse_train(index, serialized):
+        def parse_train(index, record_name, serialized):
+            del record_name
             decoded = decoder.decode_segmentation(serialized)
             image, label, image_info = jitter_image_and_label(
                 decoded["image"],
@@ -223,8 +223,6 @@ def build_segmentation_dataset(
             }
             return preprocess_ops.normalize_image(image), labels
 
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.repeat().enumerate()
         dataset = dataset.map(parse_train, num_parallel_calls=num_parallel_calls)
         dataset = dataset.batch(batch_size, drop_remainder=True)
         return dataset.prefetch(tf.data.AUTOTUNE)

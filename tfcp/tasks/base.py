@@ -28,7 +28,10 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def build_inputs(
-        self, is_training: bool, input_context: tf.distribute.InputContext | None = None
+        self,
+        is_training: bool,
+        input_context: tf.distribute.InputContext | None = None,
+        start_step: int = 0,
     ) -> tf.data.Dataset:
         """Builds the per-replica input dataset.
 
@@ -36,6 +39,10 @@ class Task(abc.ABC):
           is_training: True for the training dataset, False for evaluation.
           input_context: given by `strategy.distribute_datasets_from_function`; used to
             shard the files and to compute the per-replica batch size.
+          start_step: training only: the global step the stream starts at. A resumed run
+            passes its checkpoint's step and must get exactly the batches an uninterrupted
+            run would get from that step on, at a cost that does not grow with the step
+            (see `tfcp.data.records`).
 
         Returns:
           A `tf.data.Dataset` of per-replica batches `(features, labels)`.

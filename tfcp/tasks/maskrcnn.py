@@ -68,12 +68,18 @@ class MaskRCNNTask(base.Task):
         return model
 
     def build_inputs(
-        self, is_training: bool, input_context: tf.distribute.InputContext | None = None
+        self,
+        is_training: bool,
+        input_context: tf.distribute.InputContext | None = None,
+        start_step: int = 0,
     ) -> tf.data.Dataset:
         from tfcp.data import pipeline  # noqa: PLC0415 - heavy, and only needed here
 
         with gin.config_scope("train" if is_training else "eval"):
-            return pipeline.build_dataset(is_training=is_training, input_context=input_context)
+            kwargs = {"start_step": start_step} if is_training else {}
+            return pipeline.build_dataset(
+                is_training=is_training, input_context=input_context, **kwargs
+            )
 
     # ----------------------------------------------------------------------- losses
     def build_losses(

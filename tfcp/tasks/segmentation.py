@@ -167,13 +167,17 @@ class SegmentationTask(base.Task):
         return model
 
     def build_inputs(
-        self, is_training: bool, input_context: tf.distribute.InputContext | None = None
+        self,
+        is_training: bool,
+        input_context: tf.distribute.InputContext | None = None,
+        start_step: int = 0,
     ) -> tf.data.Dataset:
         from tfcp.data import segmentation_pipeline  # noqa: PLC0415 - only needed here
 
         with gin.config_scope("train" if is_training else "eval"):
+            kwargs = {"start_step": start_step} if is_training else {}
             return segmentation_pipeline.build_segmentation_dataset(
-                is_training=is_training, input_context=input_context
+                is_training=is_training, input_context=input_context, **kwargs
             )
 
     def build_losses(

@@ -24,7 +24,7 @@ import tensorflow as tf
 import tf_keras
 from official.vision.ops import preprocess_ops
 
-from tfcp.data import decoder, pipeline, targets
+from tfcp.data import decoder, pipeline, records, targets
 from tfcp.modeling import factory, losses
 from tfcp.ops import scale_jitter
 from tfcp.tasks import maskrcnn
@@ -119,6 +119,7 @@ def build_voc_detection_dataset(
     rpn_batch_size_per_im: int = 256,
     rpn_fg_fraction: float = 0.5,
     num_parallel_calls: int = tf.data.AUTOTUNE,
+    start_step: int = 0,
 ) -> tf.data.Dataset:
     """Builds the VOC Faster R-CNN training or eval dataset.
 
@@ -131,7 +132,7 @@ def build_voc_detection_dataset(
       image_size: S, the square model input size (multiple of 2**max_level).
       input_context: `tf.distribute.InputContext` for sharding and per-replica batch.
       seed: seed of shuffling and augmentation (stateless, position-derived).
-      shuffle_buffer: records in the shuffle buffer.
+      shuffle_buffer: records per shuffled window (`tfcp.data.records`).
       scale_range: random scale range of the output size (SSJ (0.8, 1.25) by default).
       flip_prob: horizontal flip probability.
       pad_value: image padding value.
@@ -142,6 +143,7 @@ def build_voc_detection_dataset(
       rpn_match_threshold, rpn_unmatched_threshold, rpn_batch_size_per_im,
         rpn_fg_fraction: RPN anchor labeling.
       num_parallel_calls: parallelism of the map stage.
+      start_step: training: the global step the (resumable, index-keyed) stream starts at.
 
     Returns:
       Training `(images, labels)` as `tfcp.data.pipeline.build_dataset` without masks;
@@ -154,11 +156,7 @@ def build_voc_detection_dataset(
     if image_size % 2**max_level:
         raise ValueError(f"image_size {image_size} must be a multiple of 2**max_level")
     files = pipeline.list_files(file_pattern)
-    num_pipelines, pipeline_id, batch_size = 1, 0, global_batch_size
-    if input_context is not None:
-        num_pipelines = input_context.num_input_pipelines
-        pipeline_id = input_context.input_pipeline_id
-        batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+    _, pipeline_id, batch_size = records.pipeline_layout(input_context, global_batch_size)
     anchor_config = dict(
         min_level=min_level,
         max_level=max_level,
@@ -166,13 +164,14 @@ def build_voc_detection_dataset(
         aspect_ratios=tuple(aspect_ratios),
         anchor_size=anchor_size,
     )
-    dataset = pipeline._records(  # noqa: SLF001 - shared sharding/shuffling of records
+    dataset, _ = records.read(
         files,
         is_training=is_training,
         seed=seed,
-        num_pipelines=num_pipelines,
-        pipeline_id=pipeline_id,
-        num_parallel_calls=num_parallel_calls,
+        shuffle_buffer=shuffle_buffer,
+        input_context=input_context,
+        batch_size=batch_size,
+        start_step=start_step,
     )
     if not is_training:
 
@@ -192,7 +191,8 @@ def build_voc_detection_dataset(
     base_seed = tf.constant([seed, pipeline_id], tf.int64)
 
     @_no_autograph
-    def parse_train(index, serialized):
+    def parse_train(index, record_name, serialized):
+        del record_name
         example_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
         jitter_seed, target_seed = tf.unstack(
             tf.random.experimental.stateless_split(example_seed, 2)
@@ -221,8 +221,6 @@ def build_voc_detection_dataset(
             include_mask=False,
         )
 
-    dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.repeat().enumerate()
     dataset = dataset.map(parse_train, num_parallel_calls=num_parallel_calls)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
@@ -285,10 +283,16 @@ class VocDetectionTask(maskrcnn.MaskRCNNTask):
         return model
 
     def build_inputs(
-        self, is_training: bool, input_context: tf.distribute.InputContext | None = None
+        self,
+        is_training: bool,
+        input_context: tf.distribute.InputContext | None = None,
+        start_step: int = 0,
     ) -> tf.data.Dataset:
         with gin.config_scope("train" if is_training else "eval"):
-            return build_voc_detection_dataset(is_training=is_training, input_context=input_context)
+            kwargs = {"start_step": start_step} if is_training else {}
+            return build_voc_detection_dataset(
+                is_training=is_training, input_context=input_context, **kwargs
+            )
 
     def validation_step(self, model: tf_keras.Model, features: Any, labels: Any) -> dict[str, Any]:
         """`MaskRCNNTask.validation_step` plus the ground truth the VOC metric needs.

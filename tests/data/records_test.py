@@ -1,0 +1,139 @@
+"""Tests of tfcp.data.records: counts, exact index-keyed resume, sharding, windows."""
+
+import collections
+import os
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+from absl.testing import parameterized
+
+from tfcp.data import records
+
+
+def _write_files(directory, sizes):
+    """Files f0..fk with sizes[i] records each; record j of file i is b'i:j'."""
+    paths = []
+    for i, size in enumerate(sizes):
+        path = os.path.join(directory, f"part-{i:05d}.tfrecord")
+        with tf.io.TFRecordWriter(path) as writer:
+            for j in range(size):
+                writer.write(f"{i}:{j}".encode() * (1 + j % 3))
+        paths.append(path)
+    return paths
+
+
+def _take(dataset, n):
+    return [(int(p), n_.decode(), r.decode()) for p, n_, r in dataset.take(n).as_numpy_iterator()]
+
+
+class CountRecordsTest(tf.test.TestCase):
+    def test_counts_match_tf_and_truncation_is_named(self):
+        tmp = tempfile.mkdtemp()
+        paths = _write_files(tmp, [0, 1, 7])
+        for path in paths:
+            expected = sum(1 for _ in tf.data.TFRecordDataset(path))
+            self.assertEqual(records.count_records(path), expected)
+        with open(paths[2], "rb") as f:
+            data = f.read()
+        bad = os.path.join(tmp, "truncated.tfrecord")
+        with open(bad, "wb") as f:
+            f.write(data[:-3])
+        with self.assertRaisesRegex(ValueError, "truncated.tfrecord"):
+            records.count_records(bad)
+
+
+class TrainRecordsTest(tf.test.TestCase, parameterized.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.files = _write_files(tempfile.mkdtemp(), [5, 3, 6, 4])  # 18 records
+
+    def test_every_epoch_is_a_permutation_and_epochs_differ(self):
+        ds = records.train_records(self.files, seed=3, shuffle_window=4)
+        rows = _take(ds, 18 * 3)
+        self.assertEqual([p for p, _, _ in rows], list(range(54)))
+        epochs = [[r for _, _, r in rows[k * 18 : (k + 1) * 18]] for k in range(3)]
+        all_records = sorted(
+            r
+            for _, _, r in _take(
+                records.eval_records(self.files).map(
+                    lambda r: (tf.constant(0, tf.int64), tf.constant(""), r)
+                ),
+                18,
+            )
+        )
+        for epoch in epochs:
+            self.assertEqual(sorted(epoch), all_records)
+        self.assertNotEqual(epochs[0], epochs[1])
+        # record_name names the file and the record's index in it.
+        for _, name, record in rows:
+            path, index = name.rsplit(":", 1)
+            file_index = self.files.index(path)
+            self.assertTrue(record.startswith(f"{file_index}:{index}"))
+
+    @parameterized.parameters(1, 4, 7, 64)
+    def test_start_anywhere_equals_the_uninterrupted_stream(self, window):
+        full = _take(records.train_records(self.files, seed=5, shuffle_window=window), 60)
+        for start in (0, 1, 3, 4, 5, 17, 18, 19, 23, 36, 41):
+            resumed = records.train_records(self.files, seed=5, shuffle_window=window, start=start)
+            self.assertEqual(_take(resumed, 60 - start), full[start:], f"start={start}")
+
+    @parameterized.parameters((2, [5, 3, 6, 4]), (3, [5, 3, 6, 4]), (5, [5, 3, 6, 4]), (3, [7]))
+    def test_pipelines_partition_each_epoch_and_resume_exactly(self, num_pipelines, sizes):
+        files = _write_files(tempfile.mkdtemp(), sizes)
+        per_pipeline = []
+        for pid in range(num_pipelines):
+            kwargs = dict(seed=1, shuffle_window=3, num_pipelines=num_pipelines, pipeline_id=pid)
+            full = _take(records.train_records(files, **kwargs), 40)
+            for start in (1, 6, 13):
+                resumed = records.train_records(files, start=start, **kwargs)
+                self.assertEqual(_take(resumed, 40 - start), full[start:])
+            per_pipeline.append(full)
+        # The first epoch of all pipelines together holds every record exactly once.
+        total = sum(sizes)
+        first_epoch = collections.Counter()
+        for pid, full in enumerate(per_pipeline):
+            if len(files) >= num_pipelines:  # files are sharded
+                size = sum(sizes[pid::num_pipelines])
+            else:  # records are sharded
+                size = len(range(pid, total, num_pipelines))
+            first_epoch.update(name for _, name, _ in full[:size])
+            self.assertEqual([p for p, _, _ in full], list(range(40)))
+        self.assertEqual(sum(first_epoch.values()), total)
+        self.assertEqual(set(first_epoch.values()), {1})
+
+    def test_start_position_counts_replicas_per_pipeline(self):
+        ctx = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=8
+        )
+        self.assertEqual(records.start_position(10, 3, ctx), 10 * 3 * 4)
+        self.assertEqual(records.start_position(10, 3, None), 30)
+
+    def test_resume_cost_does_not_grow_with_the_position(self):
+        # Resuming deep into a run reads at most one window past the files it skips whole.
+        files = _write_files(tempfile.mkdtemp(), [50] * 4)
+        start = 10**12 + 3  # epoch 5e9: replaying the stream would never finish
+        rows = _take(records.train_records(files, seed=0, shuffle_window=8, start=start), 2)
+        self.assertEqual([p for p, _, _ in rows], [start, start + 1])
+
+    def test_a_pipeline_without_records_is_a_clear_error(self):
+        files = _write_files(tempfile.mkdtemp(), [1])
+        with self.assertRaisesRegex(ValueError, "input pipeline 1 of 2 gets no training record"):
+            records.train_records(files, seed=0, shuffle_window=2, num_pipelines=2, pipeline_id=1)
+
+
+class EvalRecordsTest(tf.test.TestCase):
+    def test_pipelines_cover_every_record_once(self):
+        for sizes, n in (([2, 3, 4], 2), ([9], 4)):
+            files = _write_files(tempfile.mkdtemp(), sizes)
+            seen = []
+            for pid in range(n):
+                ds = records.eval_records(files, num_pipelines=n, pipeline_id=pid)
+                seen += [r.decode() for r in ds.as_numpy_iterator()]
+            self.assertLen(seen, sum(sizes))
+            self.assertLen(set(seen), sum(sizes))
+            np.testing.assert_array_equal(sorted(seen), sorted(set(seen)))
+
+
+if __name__ == "__main__":
+    tf.test.main()
