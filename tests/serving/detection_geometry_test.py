@@ -8,7 +8,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfcp.data import schema
+from tfcp.evaluation import coco
+from tfcp.modeling import postprocess
 from tfcp.serving import detection, export_lib
+from tfcp.tasks import maskrcnn
 
 S = 128  # model input size
 
@@ -16,29 +19,92 @@ S = 128  # model input size
 class _StubModel:
     """Returns fixed detections in the model's (resized) frame, like MaskRCNNModel.call."""
 
-    def __init__(self, boxes, mask_value=1.0, num=None):
+    def __init__(self, boxes, mask_value=1.0, num=None, masks=None):
         self.boxes = np.asarray(boxes, np.float32)  # [K, 4] model-frame pixels
         self.mask_value = mask_value
+        self.masks = None if masks is None else np.asarray(masks, np.float32)  # [K, 28, 28]
         self.num = len(self.boxes) if num is None else num
         self.variables = []
+
+    def __call__(self, images, anchor_boxes=None, image_shape=None, training=False):
+        return self.call(images, image_shape, anchor_boxes, training)
 
     def call(self, images, image_shape, anchor_boxes=None, training=False):
         del image_shape, anchor_boxes, training
         batch = tf.shape(images)[0]
         k = self.boxes.shape[0]
         tile = lambda x: tf.tile(tf.constant(x)[tf.newaxis], [batch] + [1] * x.ndim)
+        if self.masks is None:
+            masks = tf.fill([batch, k, 28, 28], self.mask_value)
+        else:
+            masks = tile(self.masks)
         return {
             "detection_boxes": tile(self.boxes),
             "detection_scores": tile(np.linspace(0.9, 0.5, k).astype(np.float32)),
             "detection_classes": tile(np.arange(1, k + 1, dtype=np.int32)),
             "num_detections": tf.fill([batch], self.num),
-            "detection_masks": tf.fill([batch, k, 28, 28], self.mask_value),
+            "detection_masks": masks,
         }
 
 
 def _module(model, mask_output="full"):
     preprocess = functools.partial(export_lib.eval_preprocess, image_size=(S, S), pad_value=128)
     return detection.DetectionModule(model, preprocess, (S, S), mask_output=mask_output)
+
+
+def _model_frame(boxes, height, width):
+    """Original-image pixel boxes [K, 4] -> the model frame of a height x width input."""
+    _, image_info = export_lib.eval_preprocess(
+        tf.zeros([height, width, 3], tf.uint8), image_size=(S, S), pad_value=128
+    )
+    return postprocess.boxes_to_input_pixels(
+        tf.constant(boxes, tf.float32)[tf.newaxis], image_info[tf.newaxis]
+    )[0].numpy()
+
+
+def _evaluator_masks(model, image):
+    """The full-image masks COCO evaluation builds: task eval step -> CocoEvaluator."""
+    features, image_info = export_lib.eval_preprocess(
+        tf.constant(image), image_size=(S, S), pad_value=128
+    )
+    labels = {
+        "image_info": image_info[tf.newaxis],
+        "anchor_boxes": None,
+        "groundtruths": {"source_id": tf.constant([1])},
+    }
+    outputs = maskrcnn.MaskRCNNTask(lambda: model).validation_step(
+        model, features[tf.newaxis], labels
+    )
+    height, width = image.shape[:2]
+    groundtruth = {
+        "images": [{"id": 1, "height": height, "width": width}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [0, 0, 4, 4],
+                "area": 16,
+                "iscrowd": 0,
+                "segmentation": [[0, 0, 4, 0, 4, 4, 0, 4]],
+            }
+        ],
+        "categories": [{"id": c} for c in range(1, 10)],
+    }
+    evaluator = coco.CocoEvaluator(groundtruth=groundtruth, include_mask=True)
+    predictions = {key: np.asarray(value) for key, value in outputs.items()}
+    num = int(predictions["num_detections"][0])
+    return evaluator._image_masks(predictions, 0, num, groundtruth["images"][0])
+
+
+def _smooth_masks(num, seed):
+    """Random smooth float32 [num, 28, 28] mask probabilities (off-centre blobs)."""
+    rng = np.random.RandomState(seed)
+    yy, xx = np.meshgrid(np.linspace(-1, 1, 28), np.linspace(-1, 1, 28), indexing="ij")
+    centers = rng.uniform(-0.6, 0.6, size=(num, 2, 1, 1))
+    radius = rng.uniform(0.4, 1.0, size=(num, 1, 1))
+    blobs = np.exp(-((yy - centers[:, 0]) ** 2 + (xx - centers[:, 1]) ** 2) / radius**2)
+    return np.clip(blobs + rng.normal(0, 0.05, blobs.shape), 0, 1).astype(np.float32)
 
 
 def _png(height, width, seed=0):
@@ -129,6 +195,67 @@ class DetectionGeometryTest(tf.test.TestCase):
         module = _module(_StubModel([[0.0, 0.0, 8.0, 8.0]]))
         with self.assertRaises(tf.errors.InvalidArgumentError):
             module.serve_image_bytes(tf.constant([b"\x89PNG\r\n\x1a\nnot really a png"]))
+
+    def test_mask_pasted_with_unclipped_box_then_box_clipped(self):
+        # 200 x 330 image, box [150, 250, 230, 360] runs past the bottom and the right.
+        # Mask m = 28, all ones. Pasted with the UNCLIPPED box (as the evaluator does):
+        # expanded by 30/28 about the centre (190, 305) -> rows [147, 232] (86 px), cols
+        # [246, 363] (118 px). Row p samples the padded mask at (p - 146.5) * 30/86 - .5:
+        # > .5 from row 150 (.72) on; col 250 gives .64; so rows 150..199 x cols 250..329
+        # after the image cut, except the corner (150, 250): .72 * .64 = .46 < .5.
+        # The old paste with the clipped box [150, 250, 200, 330] set that corner
+        # (.89 * .72 = .64).
+        model = _StubModel(_model_frame([[150.0, 250.0, 230.0, 360.0]], 200, 330))
+        out = _module(model).serve_images(tf.zeros([1, 200, 330, 3], tf.uint8))
+        self.assertAllClose(out["detection_boxes"][0, 0], [150.0, 250.0, 200.0, 330.0], atol=1e-3)
+        expected = np.zeros([200, 330], np.uint8)
+        expected[150:, 250:] = 1
+        expected[150, 250] = 0
+        self.assertAllEqual(out["detection_masks"][0, 0], expected)
+
+    def test_quadrant_mask_is_not_squashed_into_the_clipped_box(self):
+        # Same box, mask = its top-left 14 x 14 quadrant. Padded cells 1..14 are 1, so
+        # row p is > .5 while (p - 146.5) * 30/86 - .5 < 14.5, i.e. p <= 189, and col p
+        # while (p - 245.5) * 30/118 - .5 < 14.5, i.e. p <= 304: rows 150..189 x cols
+        # 250..304, minus the four corners (products .46, .45, .43, .42 < .5). Pasting
+        # into the clipped box [150, 250, 200, 330] squashed it to rows 150..174.
+        quadrant = np.zeros([1, 28, 28], np.float32)
+        quadrant[0, :14, :14] = 1.0
+        box = _model_frame([[150.0, 250.0, 230.0, 360.0]], 200, 330)
+        out = _module(_StubModel(box, masks=quadrant)).serve_images(
+            tf.zeros([1, 200, 330, 3], tf.uint8)
+        )
+        expected = np.zeros([200, 330], np.uint8)
+        expected[150:190, 250:305] = 1
+        expected[[150, 150, 189, 189], [250, 304, 250, 304]] = 0
+        self.assertAllEqual(out["detection_masks"][0, 0], expected)
+
+    def test_full_masks_equal_evaluator_masks_at_the_edges(self):
+        # Non-square 200 x 330 image; detections past the bottom, the right, both, the
+        # top-left, and one inside. Serving must paste exactly what evaluation pastes.
+        wide = [
+            [150.0, 250.0, 230.0, 360.0],
+            [120.0, 10.0, 215.0, 90.0],
+            [5.0, 280.0, 60.0, 345.0],
+            [-12.0, -7.0, 40.0, 44.0],
+            [60.0, 100.0, 140.0, 220.0],
+            [185.0, 300.0, 260.0, 400.0],
+        ]
+        tall = [[x1, y1, x2, y2] for y1, x1, y2, x2 in wide]  # transposed, for 330 x 200
+        for height, width, boxes in [(200, 330, wide), (330, 200, tall)]:
+            model = _StubModel(
+                _model_frame(boxes, height, width), masks=_smooth_masks(len(boxes), seed=7)
+            )
+            image = np.random.RandomState(0).randint(0, 256, [height, width, 3]).astype(np.uint8)
+            served = _module(model, "both").serve_images(tf.constant(image[np.newaxis]))
+            expected = _evaluator_masks(model, image)
+            self.assertGreater(int(expected.sum()), 0)
+            self.assertAllEqual(served["detection_masks"][0], expected, msg=f"{height}x{width}")
+            self.assertAllClose(
+                served["detection_boxes"][0],
+                np.clip(boxes, 0, [height, width, height, width]),
+                atol=1e-3,
+            )
 
     def test_rejects_bad_options(self):
         with self.assertRaisesRegex(ValueError, "mask_output"):

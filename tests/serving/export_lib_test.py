@@ -15,8 +15,10 @@ import tensorflow as tf
 import tf_keras
 
 from tfcp.data import schema
+from tfcp.evaluation import coco
 from tfcp.modeling import factory
 from tfcp.serving import export_lib
+from tfcp.tasks import maskrcnn
 
 S = 128
 TINY = dict(
@@ -56,6 +58,46 @@ def _example(image):
         width=image.shape[1],
         source_id="x",
     ).SerializeToString()
+
+
+def _evaluate_masks(model, image):
+    """What COCO evaluation builds for `image`: task eval step -> CocoEvaluator masks.
+
+    Returns:
+      (uint8 [n, h, w] full-image masks, float32 [n, 4] unclipped original-pixel boxes).
+    """
+    features, image_info = export_lib.eval_preprocess(
+        tf.constant(image), image_size=(S, S), pad_value=128
+    )
+    labels = {
+        "image_info": image_info[tf.newaxis],
+        "anchor_boxes": None,
+        "groundtruths": {"source_id": tf.constant([1])},
+    }
+    outputs = maskrcnn.MaskRCNNTask(lambda: model).validation_step(
+        model, features[tf.newaxis], labels
+    )
+    height, width = image.shape[:2]
+    groundtruth = {
+        "images": [{"id": 1, "height": height, "width": width}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [0, 0, 4, 4],
+                "area": 16,
+                "iscrowd": 0,
+                "segmentation": [[0, 0, 4, 0, 4, 4, 0, 4]],
+            }
+        ],
+        "categories": [{"id": c} for c in range(1, TINY["num_classes"])],
+    }
+    evaluator = coco.CocoEvaluator(groundtruth=groundtruth, include_mask=True)
+    predictions = {key: np.asarray(value) for key, value in outputs.items()}
+    num = int(predictions["num_detections"][0])
+    masks = evaluator._image_masks(predictions, 0, num, groundtruth["images"][0])
+    return masks, predictions["detection_boxes"][0, :num]
 
 
 class ExportLibTest(tf.test.TestCase):
@@ -145,6 +187,28 @@ class ExportLibTest(tf.test.TestCase):
                 self.assertGreaterEqual(cols.min(), np.floor(xmin) - 1)
                 self.assertLessEqual(cols.max(), np.ceil(xmax) + 1)
         self.assertGreater(nonempty, 0)
+
+    def test_exported_full_masks_equal_evaluator_masks_on_non_square_images(self):
+        # Same weights, same image: the SavedModel's full-image masks must be the masks
+        # COCO evaluation pastes (from the relative masks and the UNCLIPPED boxes), also
+        # for detections that run past the bottom / right edge into the padding.
+        for height, width in [(200, 330), (330, 200)]:
+            image = _image(height, width, 5)
+            expected, unclipped = _evaluate_masks(self.model, image)
+            past_edge = (unclipped[:, 2] > height + 1) | (unclipped[:, 3] > width + 1)
+            self.assertTrue(past_edge.any(), msg=f"{height}x{width}: no detection at the edge")
+            self.assertGreater(int(expected[past_edge].sum()), 0)
+            loaded = self.serve(encoded_images=tf.constant([schema.encode_png(image)]))
+            num = int(loaded["num_detections"][0])
+            self.assertEqual(num, expected.shape[0])
+            self.assertAllEqual(
+                loaded["detection_masks"][0, :num], expected, msg=f"{height}x{width}"
+            )
+            self.assertAllClose(
+                loaded["detection_boxes"][0, :num],
+                np.clip(unclipped, 0, [height, width, height, width]),
+                atol=1e-3,
+            )
 
     def test_corrupt_bytes_raise_invalid_argument_error(self):
         with self.assertRaises(tf.errors.InvalidArgumentError):

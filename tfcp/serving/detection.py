@@ -18,7 +18,8 @@ inference mode, and the outputs are mapped back to the INPUT image's pixels:
 - `detection_classes`: int32 [B, K].
 - `num_detections`: int32 [B]; entries k >= num_detections[b] are padding.
 - `detection_masks` (mask_output `full` or `both`): uint8 [B, K, H, W] 0/1 full-image
-  masks, pasted with `tfcp.ops.paste_masks` (Detectron geometry). With `image_tensor`
+  masks, pasted with `tfcp.ops.paste_masks` (Detectron geometry) into the model's UNCLIPPED
+  boxes, exactly as COCO evaluation pastes them, then cut to the image. With `image_tensor`
   H, W are the input's. With `image_bytes`/`tf_example`, H, W are the maximum height and
   width over the batch: the masks of a smaller image occupy the top-left
   [height_b, width_b] corner and the rest is 0. Padding detections have all-zero masks.
@@ -46,11 +47,26 @@ MASK_OUTPUTS = ("full", "relative", "both")
 PreprocessFn = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
 
+def clip_boxes_to_image(boxes: tf.Tensor, image_info: tf.Tensor) -> tf.Tensor:
+    """Clips input-image pixel boxes to each image's extent.
+
+    Args:
+      boxes: float32 [B, K, 4] (ymin, xmin, ymax, xmax) in input-image pixels.
+      image_info: float32 [B, 4, 2] as Model Garden (row 0 = [orig_h, orig_w]).
+
+    Returns:
+      float32 [B, K, 4] boxes inside [0, orig_h] x [0, orig_w].
+    """
+    original = tf.tile(tf.cast(image_info[:, 0:1, :], tf.float32), [1, 1, 2])
+    return tf.clip_by_value(tf.cast(boxes, tf.float32), 0.0, original)
+
+
 def boxes_to_input_pixels(boxes: tf.Tensor, image_info: tf.Tensor) -> tf.Tensor:
     """Maps boxes from the model's (resized, padded) frame back to input-image pixels.
 
     The evaluation's mapping (`tfcp.modeling.postprocess.boxes_to_original_pixels`,
     the inverse of Model Garden's `box * scale - offset`), then clipped to the image.
+    Masks must be pasted with the UNCLIPPED boxes (as evaluation does), not these.
 
     Args:
       boxes: float32 [B, K, 4] (ymin, xmin, ymax, xmax) in the preprocessed image's pixels.
@@ -60,9 +76,7 @@ def boxes_to_input_pixels(boxes: tf.Tensor, image_info: tf.Tensor) -> tf.Tensor:
     Returns:
       float32 [B, K, 4] boxes in input-image pixels, inside [0, orig_h] x [0, orig_w].
     """
-    boxes = postprocess.boxes_to_original_pixels(boxes, image_info)
-    original = tf.tile(tf.cast(image_info[:, 0:1, :], tf.float32), [1, 1, 2])
-    return tf.clip_by_value(boxes, 0.0, original)
+    return clip_boxes_to_image(postprocess.boxes_to_original_pixels(boxes, image_info), image_info)
 
 
 class _Untracked:
@@ -166,7 +180,12 @@ class DetectionModule(tf.Module):
             anchor_boxes=None,
             training=False,
         )
-        boxes = boxes_to_input_pixels(tf.cast(outputs["detection_boxes"], tf.float32), image_info)
+        # Masks are pasted with the model's boxes in input-image pixels, exactly as COCO
+        # evaluation pastes them (`tfcp.evaluation.coco`); only the returned boxes are
+        # clipped. Pasting into the clipped box would squash a mask whose box runs past
+        # the bottom/right edge (into the padding) into the visible part of the box.
+        unclipped = postprocess.boxes_to_original_pixels(outputs["detection_boxes"], image_info)
+        boxes = clip_boxes_to_image(unclipped, image_info)
         num = tf.cast(outputs["num_detections"], tf.int32)
         result = {
             "detection_boxes": boxes,
@@ -179,7 +198,7 @@ class DetectionModule(tf.Module):
             result["detection_masks_relative"] = masks
         if self._mask_output in ("full", "both"):
             pasted = paste_masks_lib.paste_masks_batched(
-                masks, boxes, canvas_height, canvas_width, threshold=self._mask_threshold
+                masks, unclipped, canvas_height, canvas_width, threshold=self._mask_threshold
             )
             valid = tf.sequence_mask(num, tf.shape(boxes)[1], dtype=tf.uint8)
             # Each image's own extent inside the (batch-max) canvas: nothing outside it.
