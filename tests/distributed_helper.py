@@ -19,7 +19,7 @@ tf.config.set_logical_device_configuration(
 import toy_task  # noqa: E402
 from events import read_scalars  # noqa: E402
 
-from tfcp import distribute_utils, optimization, trainer  # noqa: E402
+from tfcp import distribute_utils, eval_loop, optimization, trainer  # noqa: E402
 
 
 def train(strategy_name, model_dir):
@@ -40,6 +40,14 @@ def train(strategy_name, model_dir):
     tr.model.set_weights([rng.normal(size=w.shape) * 0.5 for w in tr.model.get_weights()])
     tr.train()
     record = tr.evaluate_model(3)
+    # The multi-worker gather (an all-gather of every replica's serialized outputs), here
+    # over 2 local replicas with uneven and empty batches: the same metrics.
+    dataset = strategy.distribute_datasets_from_function(
+        lambda ctx: tr.task.build_inputs(False, ctx)
+    )
+    gathered, _ = eval_loop.evaluate(
+        strategy, tr.task, tr.model, dataset, step=3, chief=True, gather=True
+    )
     scalars = read_scalars(os.path.join(model_dir, "train"))
     return {
         "num_replicas": strategy.num_replicas_in_sync,
@@ -47,6 +55,7 @@ def train(strategy_name, model_dir):
         "reg": scalars["regularization_loss"],
         "weights": [w.tolist() for w in tr.model.get_weights()],
         "eval": record,
+        "eval_gathered": gathered,
     }
 
 

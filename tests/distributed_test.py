@@ -1,11 +1,13 @@
 """Distributed mechanics: Mirrored (2 logical CPUs) == one device; multi-worker runs.
 
 Logical devices must be configured before TensorFlow initializes, and multi-worker
-needs several processes, so everything here runs in subprocesses.
+needs several processes, so these runs happen in subprocesses (the one-process reference
+evaluation of a multi-worker checkpoint runs in this process).
 """
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,7 +15,11 @@ import tempfile
 import unittest
 
 import numpy as np
+import tensorflow as tf
+import toy_task
 from cli_utils import REPO, TESTS, env, train_cmd, write_toy_gin
+
+from tfcp import optimization, trainer
 
 
 def _free_ports(n):
@@ -58,14 +64,24 @@ class MirroredTest(unittest.TestCase):
         self.assertEqual(mirrored["eval"]["num_unique_examples"], 11)
         self.assertEqual(mirrored["eval"]["num_examples"], 11)
         self.assertAlmostEqual(mirrored["eval"]["mse"], one["eval"]["mse"], places=4)
+        # Gathering all replicas' outputs through collectives feeds the same examples.
+        for out in (one, mirrored):
+            self.assertEqual(out["eval_gathered"]["num_unique_examples"], 11)
+            self.assertEqual(out["eval_gathered"]["num_examples"], 11)
+            self.assertAlmostEqual(out["eval_gathered"]["mse"], out["eval"]["mse"], places=6)
 
 
 class MultiWorkerTest(unittest.TestCase):
-    def test_two_workers_on_localhost_complete_steps(self):
+    def test_two_workers_on_localhost_train_and_evaluate_every_example_once(self):
         tmp = tempfile.mkdtemp()
         model_dir = os.path.join(tmp, "model")
+        # 11 eval examples, 5 per replica: worker 0 reads 6 (batches of 5 and 1), worker 1
+        # reads 5 (one batch, then an empty one while worker 0 finishes).
         gin_file = write_toy_gin(
-            tmp, "tfcp.build_strategy.distribution_strategy = 'multi_worker_mirrored'\n"
+            tmp,
+            "tfcp.build_strategy.distribution_strategy = 'multi_worker_mirrored'\n"
+            "ToyTask.num_eval_examples = 11\n"
+            "ToyTask.global_batch_size = 10\n",
         )
         workers = [f"localhost:{p}" for p in _free_ports(2)]
         procs, logs = [], []
@@ -75,7 +91,7 @@ class MultiWorkerTest(unittest.TestCase):
             self.addCleanup(log.close)
             procs.append(
                 subprocess.Popen(
-                    train_cmd(model_dir, [gin_file], ["TRAIN_STEPS=6"]),
+                    train_cmd(model_dir, [gin_file], ["TRAIN_STEPS=6"], "train_and_eval"),
                     env=env(TF_CONFIG=json.dumps(tf_config)),
                     cwd=REPO,
                     stdout=log,
@@ -100,6 +116,29 @@ class MultiWorkerTest(unittest.TestCase):
         with open(os.path.join(model_dir, "checkpoint")) as f:
             self.assertIn('model_checkpoint_path: "ckpt-6"', f.read())
         self.assertFalse(os.path.exists(os.path.join(model_dir, ".worker_tmp", "worker_1")))
+
+        # The chief scored every eval example of both workers exactly once, and so does one
+        # process evaluating the same final checkpoint.
+        with open(os.path.join(model_dir, "metrics.json")) as f:
+            metrics = json.load(f)
+        self.assertEqual(metrics["step"], 6)
+        self.assertEqual((metrics["num_examples"], metrics["num_unique_examples"]), (11, 11))
+        one_dir = os.path.join(tmp, "one_process")
+        shutil.copytree(model_dir, one_dir)
+        expected = trainer.Trainer(
+            model_dir=one_dir,
+            task=toy_task.ToyTask(global_batch_size=10, num_eval_examples=11),
+            train_steps=6,
+            strategy=tf.distribute.OneDeviceStrategy("/cpu:0"),
+            optimizer_fn=lambda: optimization.build_optimizer(learning_rate=0.1),
+            image_summaries=False,
+        ).evaluate()
+        self.assertEqual(sorted(metrics), sorted(expected))
+        self.assertEqual(expected["step"], 6)
+        self.assertEqual(metrics["num_examples"], expected["num_examples"])
+        self.assertAlmostEqual(metrics["mse"], expected["mse"], places=5)
+        # The other worker returns the chief's metrics (broadcast), not its own shard's.
+        self.assertIn("'num_examples': 11, 'num_unique_examples': 11", texts[1])
 
 
 if __name__ == "__main__":

@@ -413,38 +413,25 @@ class Trainer:
         """Evaluates the current weights over the whole eval set; writes metrics.
 
         Every eval batch, including the last partial one, goes through
-        `task.validation_step` under the strategy; the per-replica outputs are
-        concatenated on the host and fed to `task.evaluator_update`.
+        `task.validation_step` under the strategy; with several workers (each reading its
+        own shard) the outputs of all of them are gathered to the chief, which feeds them
+        to `task.evaluator_update` (see tfcp/eval_loop.py).
 
         Returns:
-          The metrics record {'step': step, **task.evaluator_result()}.
+          The metrics record {'step': step, **task.evaluator_result()} (on every worker).
         """
-        task, model, strategy = self.task, self.model, self.strategy
+        from tfcp import eval_loop  # TODO(lead): move to the module imports
 
-        dataset = self._distribute_inputs(False)
-
-        # One trace for every batch size (the last, partial batch included).
-        @tf.function(input_signature=[dataset.element_spec])
-        def eval_step(inputs):
-            return strategy.run(lambda x: task.validation_step(model, x[0], x[1]), args=(inputs,))
-
-        task.evaluator_begin()
-        images, num_batches = None, 0
-        for inputs in dataset:
-            outputs = eval_step(inputs)
-            local = [
-                tf.nest.map_structure(lambda t: t.numpy(), out)
-                for out in strategy.experimental_local_results(outputs)
-            ]
-            merged = tf.nest.map_structure(_concat_replicas, *local)
-            task.evaluator_update(merged)
-            if images is None and self.image_summaries and self.chief:
-                features, labels = inputs
-                first = strategy.experimental_local_results
-                images = task.sample_images(first(features)[0], first(labels)[0], local[0])
-            num_batches += 1
-        metrics = task.evaluator_result()
-        logging.info("Eval at step %d over %d batches: %s", step, num_batches, metrics)
+        metrics, images = eval_loop.evaluate(
+            self.strategy,
+            self.task,
+            self.model,
+            self._distribute_inputs(False),
+            step=step,
+            chief=self.chief,
+            gather=distribute_utils.num_workers(self.strategy) > 1,
+            image_summaries=self.image_summaries,
+        )
         record = {"step": int(step), **metrics}
         if self.chief:
             writer = summaries.SummaryWriter(os.path.join(self.model_dir, "eval"))

@@ -173,9 +173,19 @@ class CocoEvaluatorTest(tf.test.TestCase):
         # Only image 1 seen: perfect.
         evaluator.reset()
         evaluator.update({k: v[:1] for k, v in _perfect_predictions(self.dataset).items()})
-        metrics = evaluator.result()
+        with self.assertLogs(level="WARNING") as logs:
+            metrics = evaluator.result()
+        self.assertIn("predictions cover 1 of the 2 images", "\n".join(logs.output))
         self.assertAlmostEqual(metrics["box_AP"], 1.0, places=6)
         self.assertEqual(metrics["num_images"], 1)
+
+    def test_empty_batches_are_accepted(self):
+        # Multi-worker evaluation feeds the replicas' outputs concatenated, some empty.
+        predictions = _perfect_predictions(self.dataset)
+        evaluator = CocoEvaluator(self.annotation_file)
+        evaluator.update({k: v[:0] for k, v in predictions.items()})
+        evaluator.update(predictions)
+        self.assertEqual(evaluator.result()["num_images"], 2)
 
     def test_relative_masks_are_pasted(self):
         # Image 2's objects as box-relative masks: the cat rectangle is a full 28x28 box

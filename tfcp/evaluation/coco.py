@@ -246,7 +246,8 @@ class CocoEvaluator:
         return np.asarray(evaluator.stats, np.float64)
 
     def result(self) -> dict[str, float]:
-        """COCO metrics over the images seen since the last `reset`.
+        """COCO metrics over the images seen since the last `reset` (a warning is logged when
+        they are not all the images of the ground truth).
 
         Returns:
           `box_AP, box_AP50, box_AP75, box_APs, box_APm, box_APl, box_ARmax1,
@@ -259,6 +260,15 @@ class CocoEvaluator:
         """
         if not self._seen:
             raise ValueError("CocoEvaluator.result() called before any update()")
+        if len(self._seen) < len(self._images):
+            logging.warning(
+                "COCO eval: predictions cover %d of the %d images of %s; the metrics are over "
+                "those %d images only",
+                len(self._seen),
+                len(self._images),
+                self._source,
+                len(self._seen),
+            )
         if self._unknown_category:
             logging.warning(
                 "COCO eval: %d detections have category ids absent from %s; they are not evaluated",
