@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/copy_paste_op.py
 	$(PY) benchmarks/input_pipeline.py
 	$(PY) benchmarks/export_latency.py
+	$(PY) benchmarks/resume_latency.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) *.egg-info

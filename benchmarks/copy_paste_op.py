@@ -8,8 +8,9 @@ input_signature, after a warm-up. Prints one JSON line last, e.g.
   python benchmarks/copy_paste_op.py            # 1024x1024 and 512x512
   python benchmarks/copy_paste_op.py --size=640 --num_pairs=200
 
-The MMDetection anchors (pairs/s of its CopyPaste transform on one core of this kind of
-machine, 1024 and 512 px) are given by the project's issue, not measured here.
+This benchmark measures tfcp only. It prints no ratio to MMDetection: a peer's figure must
+come from running the peer on the same examples in the same session (a peer benchmark under
+benchmarks/peers/ is tracked separately), not from a constant.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from tfcp.ops import copy_paste as cp  # noqa: E402
-
-MMDET_ANCHOR_PAIRS_PER_S = {1024: 37.0, 512: 170.0}
 
 _SIZE = flags.DEFINE_integer("size", 1024, "Image height and width.")
 _NUM_PAIRS = flags.DEFINE_integer("num_pairs", 100, "Timed pairs per size.")
@@ -141,16 +140,11 @@ def main(argv):
     small = main_size if size == 512 else measure(512)
     pps, cpu_pps = main_size["function"]
     pps_512, cpu_pps_512 = small["function"]
-    anchor = MMDET_ANCHOR_PAIRS_PER_S.get(size)
     result = {
         "size": size,
         "pairs_per_s": round(pps, 1),
         "ms_per_pair": round(1000.0 / pps, 2),
         "pairs_per_s_512": round(pps_512, 1),
-        "mmdet_anchor_pairs_per_s": anchor,
-        "mmdet_anchor_pairs_per_s_512": MMDET_ANCHOR_PAIRS_PER_S[512],
-        "speedup_vs_mmdet": round(pps / anchor, 2) if anchor else None,
-        "speedup_vs_mmdet_512": round(pps_512 / MMDET_ANCHOR_PAIRS_PER_S[512], 2),
         # Pairs per second of this process's CPU time: less sensitive to other processes
         # competing for the core (on a quiet machine it is close to the wall-clock figure).
         "cpu_time_pairs_per_s": round(cpu_pps, 1),

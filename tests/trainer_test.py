@@ -12,7 +12,7 @@ import tf_keras
 import toy_task
 from events import read_scalars
 
-from tfcp import checkpointing, optimization, summaries, trainer
+from tfcp import checkpointing, optimization, summaries, train_loop, trainer
 
 
 def _make_trainer(model_dir, lr=0.1, **kwargs):
@@ -57,8 +57,8 @@ class WeightDecayTest(tf.test.TestCase):
         model = tf_keras.Model(inputs, h)
         model.get_layer("d").set_weights([np.full([2, 2], 2.0), np.full([2], 5.0)])
         # 0.5 * wd * sum(kernel^2) = 0.5 * 0.1 * 4 * 4; biases/BN gamma/beta excluded.
-        self.assertAllClose(trainer.weight_decay_loss(model, 0.1), 0.8)
-        self.assertAllClose(trainer.weight_decay_loss(model, 0.0), 0.0)
+        self.assertAllClose(train_loop.weight_decay_loss(model, 0.1), 0.8)
+        self.assertAllClose(train_loop.weight_decay_loss(model, 0.0), 0.0)
 
 
 class TrainerTest(tf.test.TestCase):

@@ -18,61 +18,15 @@ import tensorflow as tf
 import tf_keras
 from absl import logging
 
-from tfcp import checkpointing, distribute_utils, optimization, summaries
+from tfcp import checkpointing, distribute_utils, eval_loop, optimization, summaries, train_loop
 
 MODES = ("train", "eval", "train_and_eval")
 PREEMPTED = "preempted"
-MAX_LOSSES = 64
 COMPLETED = "completed"
 
 
 class NonFiniteLossError(RuntimeError):
     """Raised when the training loss becomes NaN or Inf."""
-
-
-def weight_decay_loss(model: tf_keras.Model, weight_decay: float) -> tf.Tensor:
-    """`weight_decay * sum(||w||^2) / 2` over trainable kernels (no bias, no norm params).
-
-    The gradient is `weight_decay * w`, i.e. the usual SGD weight decay (paper: 4e-5).
-    Variables count when their last name component contains 'kernel' (kernel,
-    depthwise_kernel, ...); batch-norm gamma/beta and biases never do.
-    """
-    kernels = [
-        v
-        for v in model.trainable_variables
-        if "kernel" in v.name.split("/")[-1] and "batch_norm" not in v.name
-    ]
-    if weight_decay == 0.0 or not kernels:
-        return tf.constant(0.0)
-    return weight_decay * tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in kernels])
-
-
-def _concat_replicas(*values):
-    """Concatenates per-replica numpy values along the batch axis (scalars: first)."""
-    arrays = [np.asarray(v) for v in values]
-    if arrays[0].ndim == 0:
-        return arrays[0]
-    return np.concatenate(arrays, axis=0)
-
-
-class _LossAccumulator:
-    """Host-side sums of the per-step mean losses between two log lines."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self):
-        self.sums, self.images, self.steps = None, 0.0, 0
-
-    def add(self, loss_sums: np.ndarray, images: float, steps: int):
-        self.sums = loss_sums if self.sums is None else self.sums + loss_sums
-        self.images += images
-        self.steps += steps
-
-    def means(self, names: Sequence[str]) -> dict[str, float]:
-        if self.sums is None:
-            return {}
-        return {n: float(self.sums[i]) / max(self.steps, 1) for i, n in enumerate(names)}
 
 
 @gin.configurable(module="tfcp")
@@ -232,62 +186,21 @@ class Trainer:
     # -------------------------------------------------------------- train step
 
     def _make_train_loop(self):
-        """Returns `train_loop(iterator, num_steps) -> (loss sums [MAX_LOSSES], images)`.
-
-        Loss names are captured at trace time into `self._loss_names`; their cross-replica
-        means are summed over the loop's steps (zero-padded to `MAX_LOSSES`).
-        """
-        strategy, model, optimizer, task = self.strategy, self.model, self.optimizer, self.task
-        fp16 = self._mixed_precision == "mixed_float16"
-
-        def replica_step(inputs):
-            features, labels = inputs
-            num_replicas = tf.distribute.get_replica_context().num_replicas_in_sync
-            with tf.GradientTape() as tape:
-                losses = task.build_losses(model, features, labels, training=True)
-                if "total_loss" not in losses:
-                    raise KeyError(
-                        f"task.build_losses must return 'total_loss', got {list(losses)}"
-                    )
-                total = tf.cast(losses["total_loss"], tf.float32)
-                reg = weight_decay_loss(model, self.weight_decay)
-                if model.losses:
-                    reg += tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
-                loss = (total + reg) / tf.cast(num_replicas, tf.float32)
-                if fp16:
-                    loss = optimizer.get_scaled_loss(loss)
-            variables = model.trainable_variables
-            grads = tape.gradient(loss, variables)
-            if fp16:
-                grads = optimizer.get_unscaled_gradients(grads)
-            optimizer.apply_gradients(zip(grads, variables, strict=True))
-            names = ["total_loss"] + sorted(k for k in losses if k != "total_loss")
-            names.append("regularization_loss")
-            if len(names) > MAX_LOSSES:
-                raise ValueError(f"at most {MAX_LOSSES} loss entries are logged, got {names}")
+        def set_names(names):
             self._loss_names = names
-            values = [tf.cast(losses[k], tf.float32) for k in names[:-1]] + [reg]
-            packed = tf.pad(tf.stack(values), [[0, MAX_LOSSES - len(values)]])
-            batch = tf.cast(tf.shape(tf.nest.flatten(features)[0])[0], tf.float32)
-            return packed, batch
 
-        @tf.function
-        def train_loop(iterator, num_steps):
-            loss_sums = tf.zeros([MAX_LOSSES], tf.float32)
-            images = tf.zeros([], tf.float32)
-            for _ in tf.range(num_steps):
-                packed, batch = strategy.run(replica_step, args=(next(iterator),))
-                packed = strategy.reduce(tf.distribute.ReduceOp.MEAN, packed, axis=None)
-                loss_sums += packed
-                images += strategy.reduce(tf.distribute.ReduceOp.SUM, batch, axis=None)
-                if not tf.math.is_finite(packed[0]):
-                    self._bad_step.assign(self.global_step)
-                    self._bad_loss.assign(packed[0])
-                    break
-                self.global_step.assign_add(1)
-            return loss_sums, images
-
-        return train_loop
+        return train_loop.make_train_loop(
+            self.strategy,
+            self.task,
+            self.model,
+            self.optimizer,
+            weight_decay=self.weight_decay,
+            loss_scaling=self._mixed_precision == "mixed_float16",
+            global_step=self.global_step,
+            bad_step=self._bad_step,
+            bad_loss=self._bad_loss,
+            on_loss_names=set_names,
+        )
 
     # ------------------------------------------------------------------- train
 
@@ -338,9 +251,9 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 handlers[sig] = signal.signal(sig, self._request_stop)
-        train_loop = self._make_train_loop()
+        loop = self._make_train_loop()
         throughput = summaries.Throughput(step)
-        acc = _LossAccumulator()
+        acc = train_loop.LossAccumulator()
         last_saved = step if latest else -1
         status = COMPLETED
         try:
@@ -353,7 +266,7 @@ class Trainer:
                 )
                 if evaluate and self.eval_interval:
                     num_steps = min(num_steps, self.eval_interval - step % self.eval_interval)
-                loss_sums, images = train_loop(iterator, tf.constant(num_steps, tf.int32))
+                loss_sums, images = loop(iterator, tf.constant(num_steps, tf.int32))
                 acc.add(loss_sums.numpy(), float(images), num_steps)
                 bad_step = int(self._bad_step.numpy())
                 if bad_step >= 0:
@@ -420,8 +333,6 @@ class Trainer:
         Returns:
           The metrics record {'step': step, **task.evaluator_result()} (on every worker).
         """
-        from tfcp import eval_loop  # TODO(lead): move to the module imports
-
         metrics, images = eval_loop.evaluate(
             self.strategy,
             self.task,
