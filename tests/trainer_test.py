@@ -225,6 +225,17 @@ class TrainerTest(tf.test.TestCase):
         tr.train()
         self.assertEqual({c[2] for c in calls if c[0]}, {5})  # resumed stream, images too
 
+    def test_task_chooses_the_trained_variables(self):
+        task = toy_task.ToyTask(hidden_units=4)
+        task.trainable_variables = lambda model: model.get_layer("out").trainable_variables
+        tr = _make_trainer(self.model_dir, train_steps=5, task=task, weight_decay=0.1)
+        hidden = [w.copy() for w in tr.model.get_layer("hidden").get_weights()]
+        out = [w.copy() for w in tr.model.get_layer("out").get_weights()]
+        tr.train()
+        for before, after in zip(hidden, tr.model.get_layer("hidden").get_weights(), strict=True):
+            self.assertAllEqual(before, after)  # frozen: no gradient, no weight decay
+        self.assertNotAllClose(out[0], tr.model.get_layer("out").get_weights()[0])
+
     def test_bad_arguments(self):
         with self.assertRaisesRegex(ValueError, "mixed_precision"):
             _make_trainer(self.model_dir, mixed_precision="fp8")

@@ -16,19 +16,26 @@ import tf_keras
 MAX_LOSSES = 64
 
 
-def weight_decay_loss(model: tf_keras.Model, weight_decay: float) -> tf.Tensor:
+def weight_decay_loss(
+    model: tf_keras.Model, weight_decay: float, variables: Sequence[tf.Variable] | None = None
+) -> tf.Tensor:
     """`weight_decay * sum(||w||^2) / 2` over trainable kernels (no bias, no norm params).
 
     The gradient is `weight_decay * w`, i.e. the usual SGD weight decay (paper: 4e-5).
     Variables count when their last name component contains 'kernel' (kernel,
     depthwise_kernel, ...); batch-norm gamma/beta and biases never do.
 
+    Args:
+      model: the model.
+      weight_decay: the coefficient.
+      variables: the variables being trained (default `model.trainable_variables`).
+
     Returns:
       A float32 scalar.
     """
     kernels = [
         v
-        for v in model.trainable_variables
+        for v in (model.trainable_variables if variables is None else variables)
         if "kernel" in v.name.split("/")[-1] and "batch_norm" not in v.name
     ]
     if weight_decay == 0.0 or not kernels:
@@ -83,6 +90,10 @@ def make_train_loop(
         are summed over the loop's steps (zero-padded to `MAX_LOSSES`).
     """
 
+    variables = task.trainable_variables(model)
+    if not variables:
+        raise ValueError(f"{type(task).__name__}.trainable_variables selected no variable")
+
     def replica_step(inputs):
         features, labels = inputs
         num_replicas = tf.distribute.get_replica_context().num_replicas_in_sync
@@ -91,13 +102,12 @@ def make_train_loop(
             if "total_loss" not in losses:
                 raise KeyError(f"task.build_losses must return 'total_loss', got {list(losses)}")
             total = tf.cast(losses["total_loss"], tf.float32)
-            reg = weight_decay_loss(model, weight_decay)
+            reg = weight_decay_loss(model, weight_decay, variables)
             if model.losses:
                 reg += tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
             loss = (total + reg) / tf.cast(num_replicas, tf.float32)
             if loss_scaling:
                 loss = optimizer.get_scaled_loss(loss)
-        variables = model.trainable_variables
         grads = tape.gradient(loss, variables)
         if loss_scaling:
             grads = optimizer.get_unscaled_gradients(grads)

@@ -100,6 +100,14 @@ class Task(abc.ABC):
                 f"{type(self).__name__} does not support init_checkpoint={init_checkpoint!r}"
             )
 
+    def trainable_variables(self, model: tf_keras.Model) -> list[tf.Variable]:
+        """The variables the optimizer updates (default: all of `model.trainable_variables`).
+
+        Override (or configure, see `tfcp.modeling.freeze`) to train a subset, e.g. only the
+        final classifier in LVIS stage-2 training. Weight decay applies to these only.
+        """
+        return list(model.trainable_variables)
+
     def sample_images(
         self, features: Any, labels: Any, outputs: dict[str, Any] | None = None
     ) -> np.ndarray | None:
