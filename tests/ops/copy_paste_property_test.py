@@ -1,7 +1,9 @@
 """Property tests of tfcp.ops.copy_paste on random small scenes (hypothesis).
 
 Target objects have classes 1-9 and source objects 11-19, so each output object can be traced
-back to its side: kept target objects come first, then pasted source objects.
+back to its side: kept target objects come first, then pasted source objects. Scenes draw the
+paper's occlusion rule alone or with MMDetection's box rule (`occluded_box_threshold`), and an
+instance cap (`max_num_instances`) or none; masks come in every accepted convention.
 """
 
 from __future__ import annotations
@@ -16,10 +18,16 @@ from tfcp.ops import copy_paste as cp
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True)
 
 
+def tight_px(mask):
+    """int [4] pixel bounds [row_min, col_min, row_max + 1, col_max + 1] of a non-empty mask."""
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    return np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1])
+
+
 def tight(mask):
     h, w = mask.shape
-    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    return np.array([rows[0] / h, cols[0] / w, (rows[-1] + 1) / h, (cols[-1] + 1) / w], np.float32)
+    y0, x0, y1, x1 = tight_px(mask)
+    return np.array([y0 / h, x0 / w, y1 / h, x1 / w], np.float32)
 
 
 @st.composite
@@ -59,29 +67,68 @@ def scenes(draw):
     kwargs = {
         "selection": draw(st.sampled_from(cp.SELECTIONS)),
         "occluded_area_threshold": float(draw(st.integers(0, 12))),
+        "occluded_box_threshold": draw(st.sampled_from([None, 0.0, 1.0, 2.5, 4.0])),
         "paste_crowd": draw(st.booleans()),
         "max_num_pasted": draw(st.integers(0, 6)),
+        "max_num_instances": draw(st.sampled_from([None, 0, 2, 4, 6, 8])),
     }
-    return target, source, (seed % 1000, seed // 1000), kwargs
+    convention = draw(st.sampled_from(["uint8", "uint8_255", "bool", "float32"]))
+    return target, source, (seed % 1000, seed // 1000), kwargs, convention
 
 
-def run(target, source, seed, kwargs):
-    out = cp.copy_paste(target, source, tf.constant(seed, tf.int64), **kwargs)
-    return {k: v.numpy() for k, v in out.items()}
+def with_mask_convention(example, convention):
+    """The example with its 0/1 uint8 masks as uint8 0/255, bool or float32 (or as is)."""
+    masks = example["groundtruth_instance_masks"]
+    converted = {
+        "uint8": masks,
+        "uint8_255": masks * np.uint8(255),
+        "bool": masks.astype(bool),
+        "float32": masks.astype(np.float32),
+    }[convention]
+    return dict(example, groundtruth_instance_masks=converted)
 
 
-def reference(target, source, chosen, threshold):
+def run(target, source, seed, kwargs, convention="uint8"):
+    """The op on the scene with its masks in `convention`; output masks as uint8 0/1."""
+    out = cp.copy_paste(
+        with_mask_convention(target, convention),
+        with_mask_convention(source, convention),
+        tf.constant(seed, tf.int64),
+        **kwargs,
+    )
+    out = {k: v.numpy() for k, v in out.items()}
+    masks = out["groundtruth_instance_masks"]
+    assert (
+        masks.dtype == with_mask_convention(target, convention)["groundtruth_instance_masks"].dtype
+    )
+    assert np.all((masks == 0) | (masks == 1)), "output masks hold 0/1"
+    out["groundtruth_instance_masks"] = masks.astype(np.uint8)
+    return out
+
+
+def reference(target, source, chosen, threshold, box_threshold=None):
     """NumPy statement of the contract, given the chosen source objects."""
     masks = target["groundtruth_instance_masks"].astype(bool)
     union = source["groundtruth_instance_masks"][chosen].astype(bool).any(0)
     if not len(chosen):
         return target
+    h, w = union.shape
+    hw = np.array([h, w, h, w], np.float32)
     out = {k: [] for k in target if k != "image"}
     for i, m in enumerate(masks):
         vis = m & ~union
         occluded = vis.sum() < m.sum()
-        if vis.sum() == 0 or (occluded and vis.sum() < threshold):
+        if vis.sum() == 0:
             continue
+        if occluded and vis.sum() < threshold:
+            # MMDetection's rule: kept when no edge of the visible tight box moved more than
+            # box_threshold pixels from the given box.
+            if box_threshold is None:
+                continue
+            given = target["groundtruth_boxes"][i].astype(np.float32) * hw
+            shift = np.abs(tight_px(vis).astype(np.float32) - given)
+            if not np.all(shift <= box_threshold):
+                continue
         out["groundtruth_instance_masks"].append(vis.astype(np.uint8))
         out["groundtruth_boxes"].append(tight(vis) if occluded else target["groundtruth_boxes"][i])
         out["groundtruth_area"].append(vis.sum() if occluded else target["groundtruth_area"][i])
@@ -90,7 +137,6 @@ def reference(target, source, chosen, threshold):
     for j in chosen:
         for k in out:
             out[k].append(source[k][j])
-    h, w = union.shape
     result = {k: np.array(v, target[k].dtype) for k, v in out.items()}
     result["groundtruth_instance_masks"] = result["groundtruth_instance_masks"].reshape([-1, h, w])
     result["groundtruth_boxes"] = result["groundtruth_boxes"].reshape([-1, 4])
@@ -101,8 +147,8 @@ def reference(target, source, chosen, threshold):
 @SETTINGS
 @given(scenes())
 def test_matches_reference_given_the_pasted_objects(scene):
-    target, source, seed, kwargs = scene
-    out = run(target, source, seed, kwargs)
+    target, source, seed, kwargs, convention = scene
+    out = run(target, source, seed, kwargs, convention)
     classes = out["groundtruth_classes"]
     num_pasted = int((classes > 10).sum())
     # Pasted objects form the tail; recover which source objects they are from the order.
@@ -122,16 +168,27 @@ def test_matches_reference_given_the_pasted_objects(scene):
         assert matches, "a pasted mask is not a pasteable source mask (in source order)"
         chosen.append(matches[0])
     n = len(candidates)
-    cap = min(n, kwargs["max_num_pasted"])
+    n_target = len(target["groundtruth_classes"])
+    max_instances = kwargs["max_num_instances"]
+    allowed = n if max_instances is None else min(n, max(max_instances - n_target, 0))
+    cap = min(allowed, kwargs["max_num_pasted"])
     if kwargs["selection"] == "all":
         assert num_pasted == cap
     elif kwargs["selection"] == "one":
-        assert num_pasted == min(n, 1)
+        assert num_pasted == min(allowed, 1)
     else:
         assert 0 <= num_pasted <= cap
+    if max_instances is not None:
+        assert len(classes) <= max(max_instances, n_target)
     assert np.all(classes[: len(classes) - num_pasted] < 10), "target objects come first"
     # Counts may be ambiguous when two source masks are equal; the reference uses the chosen.
-    expected = reference(target, source, np.array(chosen, int), kwargs["occluded_area_threshold"])
+    expected = reference(
+        target,
+        source,
+        np.array(chosen, int),
+        kwargs["occluded_area_threshold"],
+        kwargs["occluded_box_threshold"],
+    )
     for key, value in expected.items():
         np.testing.assert_array_equal(out[key], value, err_msg=key)
         assert out[key].dtype == target[key].dtype, key
@@ -140,9 +197,9 @@ def test_matches_reference_given_the_pasted_objects(scene):
 @SETTINGS
 @given(scenes())
 def test_invariants(scene):
-    target, source, seed, kwargs = scene
-    out = run(target, source, seed, kwargs)
-    again = run(target, source, seed, kwargs)
+    target, source, seed, kwargs, convention = scene
+    out = run(target, source, seed, kwargs, convention)
+    again = run(target, source, seed, kwargs, convention)
     for key in out:  # determinism for a fixed seed
         np.testing.assert_array_equal(out[key], again[key], err_msg=key)
     masks = out["groundtruth_instance_masks"].astype(bool)

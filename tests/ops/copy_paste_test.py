@@ -308,35 +308,66 @@ class CopyPasteDtypeTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(out["image"][5, 5, 0], 10)
 
 
-class CopyPasteHelpersTest(tf.test.TestCase, parameterized.TestCase):
-    @parameterized.parameters((3, 16, 16), (2, 5, 7), (4, 9, 24), (0, 8, 8))
-    def test_row_counts_union_and_columns_match_numpy(self, n, h, w):
-        masks = (np.random.default_rng(n + h + w).random([n, h, w]) < 0.3).astype(np.uint8)
-        np.testing.assert_array_equal(cp.row_counts(tf.constant(masks)), masks.sum(2))
-        np.testing.assert_array_equal(cp.column_any(tf.constant(masks)), masks.any(1))
-        np.testing.assert_array_equal(cp.mask_union(tf.constant(masks)), masks.max(0, initial=0))
+def mask_conventions(masks):
+    """The same 0/1 uint8 masks in each accepted convention."""
+    return {
+        "uint8 0/1": masks.astype(np.uint8),
+        "uint8 0/255": masks.astype(np.uint8) * 255,
+        "bool": masks.astype(bool),
+        "float32": masks.astype(np.float32),
+    }
 
-    def test_union_of_more_than_255_masks(self):
-        masks = np.zeros([300, 8, 8], np.uint8)
-        masks[:, 0, 0] = 1  # a byte counter would overflow at 256
-        masks[5, 3, 3] = 1
-        union = cp.mask_union(tf.constant(masks)).numpy()
-        np.testing.assert_array_equal(union, masks.max(0))
 
-    def test_row_counts_of_wide_masks(self):
-        masks = np.ones([1, 2, 2048], np.uint8)  # wider than the packed counters allow
-        np.testing.assert_array_equal(cp.row_counts(tf.constant(masks)), [[2048, 2048]])
+class CopyPasteMaskConventionTest(tf.test.TestCase, parameterized.TestCase):
+    """uint8 0/255 (PNG), uint8 0/1, bool and float masks give the same output."""
 
-    def test_column_any_of_tall_masks(self):
-        masks = np.ones([2, 300, 8], np.uint8)  # more rows than one 128-row chunk
-        masks[1, :, 3] = 0
-        np.testing.assert_array_equal(cp.column_any(tf.constant(masks)), masks.any(1))
+    @parameterized.product(mode=MODES, hw=((16, 16), (9, 12)))
+    def test_every_convention_gives_identical_outputs(self, mode, hw):
+        h, w = hw
+        rng = np.random.default_rng(h * w)
+        a, b = rect(h, w, 0, 0, h // 2, w // 2), rect(h, w, h - 3, w - 4, h, w)
+        s1, s2 = rect(h, w, 0, w // 4, h // 2, 3 * w // 4), rect(h, w, h - 5, 0, h - 3, 3)
+        target = example([a, b], [1, 2], rng.integers(0, 256, [h, w, 3], np.uint8), h, w)
+        source = example([s1, s2], [7, 8], rng.integers(0, 256, [h, w, 3], np.uint8), h, w)
+        del source["groundtruth_area"]  # pasted areas come from the mask pixel counts
+        outs = {}
+        for name, t_masks in mask_conventions(target["groundtruth_instance_masks"]).items():
+            s_masks = mask_conventions(source["groundtruth_instance_masks"])[name]
+            outs[name] = run(
+                mode,
+                dict(target, groundtruth_instance_masks=t_masks),
+                dict(source, groundtruth_instance_masks=s_masks),
+                selection="all",
+                occluded_area_threshold=1,
+            )
+            self.assertEqual(outs[name]["groundtruth_instance_masks"].dtype, t_masks.dtype)
+        ref = outs["uint8 0/1"]
+        visible = a & (1 - s1)
+        np.testing.assert_array_equal(ref["groundtruth_classes"], [1, 2, 7, 8])
+        np.testing.assert_array_equal(ref["groundtruth_instance_masks"], [visible, b, s1, s2])
+        np.testing.assert_array_equal(ref["groundtruth_boxes"][0], tight(visible))
+        np.testing.assert_array_equal(
+            ref["groundtruth_area"], [visible.sum(), b.sum(), s1.sum(), s2.sum()]
+        )
+        union = (s1 | s2).astype(bool)[..., None]
+        np.testing.assert_array_equal(
+            ref["image"], np.where(union, source["image"], target["image"])
+        )
+        for name, out in outs.items():
+            for key in ref:
+                np.testing.assert_array_equal(
+                    out[key].astype(ref[key].dtype), ref[key], err_msg=f"{name}: {key}"
+                )
+        # uint8 0/255 masks come out 0/1 (also when nothing is pasted).
+        empty = example([], [], const_image(0, h, w), h, w)
+        t255 = dict(
+            target, groundtruth_instance_masks=mask_conventions(np.stack([a, b]))["uint8 0/255"]
+        )
+        unchanged = run(mode, t255, empty, selection="all")
+        np.testing.assert_array_equal(unchanged["groundtruth_instance_masks"], [a, b])
 
-    def test_tight_boxes(self):
-        rows = tf.constant([[False, True, True, False]])
-        cols = tf.constant([[True, False, False, False, False, False, True, False]])
-        np.testing.assert_allclose(cp.tight_boxes(rows, cols), [[0.25, 0.0, 0.75, 7 / 8]])
 
+class CopyPasteHelpersTest(tf.test.TestCase):
     def test_select_objects_respects_pasteable_and_cap(self):
         pasteable = tf.constant([True, False, True, True, False, True])
         seed = tf.constant([1, 1], tf.int64)
@@ -379,6 +410,15 @@ class CopyPasteValidationTest(tf.test.TestCase):
     def test_negative_sigma(self):
         with self.assertRaisesRegex(ValueError, "sigma"):
             cp.copy_paste(self.target, self.source, [0, 0], blend_sigma=-1.0)
+
+    def test_negative_thresholds_and_max_num_instances(self):
+        for kwargs in (
+            {"occluded_box_threshold": -1.0},
+            {"occluded_area_threshold": float("nan")},
+            {"max_num_instances": -1},
+        ):
+            with self.assertRaisesRegex(ValueError, next(iter(kwargs))):
+                cp.copy_paste(self.target, self.source, [0, 0], **kwargs)
 
 
 if __name__ == "__main__":

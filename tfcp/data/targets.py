@@ -113,7 +113,11 @@ def maskrcnn_train_targets(
         aspect_ratios, anchor_size).
       rpn_match_threshold, rpn_unmatched_threshold, rpn_batch_size_per_im,
         rpn_fg_fraction: RPN anchor labeling, as Model Garden's.
-      max_num_instances: K, the padded number of objects.
+      max_num_instances: K, the padded number of objects. Objects beyond the first K (after
+        skipping crowds) are cut BEFORE anchor labeling, so the RPN and the box/mask heads
+        see the same objects, and counted in `num_truncated_instances` (the pipeline's
+        Copy-Paste pastes at most the room left below K, so only a record that alone has
+        more than K objects is cut).
       mask_crop_size: M, the size of the mask targets.
       include_mask: produce `gt_masks` and `gt_outer_boxes`.
       skip_crowd: drop crowd objects from the targets (Model Garden's default).
@@ -123,8 +127,9 @@ def maskrcnn_train_targets(
       `image` float32 [S, S, 3] normalized with MEAN_NORM/STDDEV_NORM, and labels:
       `anchor_boxes` {level: [h, w, A*4]}, `image_info` [4, 2], `rpn_score_targets`
       {level: [h, w, A]} int32, `rpn_box_targets` {level: [h, w, A*4]}, `gt_boxes` float32
-      [K, 4] in output pixels padded with -1, `gt_classes` [K] padded with -1, and with
-      masks `gt_outer_boxes` [K, 4] and `gt_masks` float32 [K, M, M] padded with -1.
+      [K, 4] in output pixels padded with -1, `gt_classes` [K] padded with -1,
+      `num_truncated_instances` int32 [] (objects cut beyond K), and with masks
+      `gt_outer_boxes` [K, 4] and `gt_masks` float32 [K, M, M] padded with -1.
     """
     boxes = example["groundtruth_boxes"] * float(image_size)
     classes = example["groundtruth_classes"]
@@ -132,6 +137,8 @@ def maskrcnn_train_targets(
         keep = tf.where(tf.logical_not(example["groundtruth_is_crowd"]))[:, 0]
     else:
         keep = tf.range(tf.shape(classes, out_type=tf.int64)[0])
+    num_truncated = tf.maximum(tf.size(keep, out_type=tf.int32) - max_num_instances, 0)
+    keep = keep[:max_num_instances]
     boxes = tf.gather(boxes, keep)
     classes = tf.gather(classes, keep)
 
@@ -154,6 +161,7 @@ def maskrcnn_train_targets(
         "rpn_box_targets": box_targets,
         "gt_boxes": preprocess_ops.clip_or_pad_to_fixed_size(boxes, max_num_instances, -1),
         "gt_classes": preprocess_ops.clip_or_pad_to_fixed_size(classes, max_num_instances, -1),
+        "num_truncated_instances": num_truncated,
     }
     if include_mask:
         masks = tf.gather(example["groundtruth_instance_masks"], keep)

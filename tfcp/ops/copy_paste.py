@@ -5,27 +5,30 @@ target image, removes the pasted pixels from the target's masks, drops target ob
 became fully (or mostly) hidden, and recomputes tight boxes of the partly hidden ones.
 
 It is written for the host CPU inside `tf.data` at full resolution (1024x1024, tens of
-objects), so all per-pixel work stays in uint8 (no int32/float32 copy of an [N, H, W] tensor)
-and mask reductions view 8 mask bytes as one uint64 word:
+objects): every mask input is normalized once to uint8 0/1 (`packed_masks.binarize_masks`,
+so uint8 0/255, bool and float masks give the same result), then all per-pixel work stays in
+uint8 and mask reductions read 8 mask bytes as one uint64 word (`tfcp.ops.packed_masks`):
 
 * the union of the pasted masks is a bitwise-OR loop over uint64 words;
 * visible target masks are one broadcast `bitwise_and` with the complement of the union;
-* per-object pixel counts per row sum uint64 words along the row, each byte acting as an
-  independent 8-bit counter (exact while W <= 2040; other widths use an int32 reduction);
+* per-object pixel counts come from packed per-row counts;
 * tight boxes come from row/column projections ([N, H] and [N, W]), computed only for the
-  objects that lost pixels;
+  objects that lost pixels (and could be kept);
 * the hard paste of uint8 RGB images is a table-driven select on uint64 words
   (`tfcp.ops.blend.paste_image`).
 
-uint8 masks must hold 0/1 (as `tfcp.data.decoder` emits); other dtypes are binarized.
+Occluded target objects are kept by the paper's rule (visible area >= threshold) or, with
+`occluded_box_threshold`, also by MMDetection's (no edge of the visible tight box moved more
+than that many pixels). `max_num_instances` limits the pasted count to the room left below
+the padded instance count K of the training targets.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
 from tfcp.ops import blend
+from tfcp.ops import packed_masks as pm
 
 IMAGE = "image"
 BOXES = "groundtruth_boxes"
@@ -37,206 +40,118 @@ _REQUIRED = (IMAGE, BOXES, CLASSES, MASKS, IS_CROWD)
 _PER_OBJECT_PREFIX = "groundtruth_"
 SELECTIONS = ("random_subset", "all", "one")
 
-# Widest row for which 8-bit lane counters cannot overflow: W / 8 <= 255.
-_MAX_PACKED_WIDTH = 8 * 255
-
-
-def binarize_masks(masks: tf.Tensor) -> tf.Tensor:
-    """Masks of any dtype -> uint8 0/1 [N, H, W].
-
-    uint8 masks are assumed to hold 0/1 already (as the decoder emits) and are returned as is;
-    other integer masks use `!= 0`, float masks `>= 0.5`, bool masks a cast.
-    """
-    masks = tf.convert_to_tensor(masks)
-    if masks.dtype == tf.uint8:
-        return masks
-    if masks.dtype.is_floating:
-        return tf.cast(masks >= 0.5, tf.uint8)
-    if masks.dtype == tf.bool:
-        return tf.cast(masks, tf.uint8)
-    return tf.cast(tf.not_equal(masks, 0), tf.uint8)
-
-
-def _divisible_by_8(*dims) -> tf.Tensor | bool:
-    """Whether the product of `dims` (ints or scalar tensors) is a multiple of 8.
-
-    A Python bool when all dims are static, so that reshapes to [..., 8] are only traced when
-    they are valid.
-    """
-    if all(isinstance(d, int) for d in dims):
-        return int(np.prod(dims)) % 8 == 0
-    product = tf.constant(1, tf.int32)
-    for d in dims:
-        product *= tf.cast(d, tf.int32)
-    return tf.equal(product % 8, 0)
-
-
-def _dims(x: tf.Tensor) -> list:
-    """Each dimension of x as a Python int when static, else as a scalar tensor."""
-    dynamic = tf.shape(x)
-    return [d if d is not None else dynamic[i] for i, d in enumerate(x.shape.as_list())]
-
-
-def _branch(pred, true_fn, false_fn):
-    """`tf.cond` that resolves at trace time when `pred` is a Python bool."""
-    if isinstance(pred, bool):
-        return true_fn() if pred else false_fn()
-    return tf.cond(pred, true_fn, false_fn)
-
-
-def row_counts(masks: tf.Tensor) -> tf.Tensor:
-    """Number of set pixels per object and row.
-
-    Args:
-      masks: uint8 [N, H, W] with values 0/1.
-
-    Returns:
-      int32 [N, H].
-    """
-    shape = tf.shape(masks)
-    n, h, w = shape[0], shape[1], shape[2]
-
-    def packed():
-        words = tf.bitcast(tf.reshape(masks, [n, h, w // 8, 8]), tf.uint64)
-        lanes = tf.reduce_sum(words, axis=2)  # [N, H]: 8 byte counters, each <= W / 8
-        return tf.reduce_sum(tf.cast(tf.bitcast(lanes, tf.uint8), tf.int32), axis=2)
-
-    def plain():
-        return tf.reduce_sum(tf.cast(masks, tf.int32), axis=2)
-
-    static_w = masks.shape[2]
-    if static_w is not None:
-        ok = static_w % 8 == 0 and static_w <= _MAX_PACKED_WIDTH
-    else:
-        ok = tf.equal(w % 8, 0) & (w <= _MAX_PACKED_WIDTH)
-    return _branch(ok, packed, plain)
-
-
-def mask_union(masks: tf.Tensor) -> tf.Tensor:
-    """Union of masks.
-
-    Args:
-      masks: uint8 [M, H, W] with values 0/1.
-
-    Returns:
-      uint8 [H, W] with values 0/1 (all zeros when M == 0).
-    """
-    shape = tf.shape(masks)
-    m, h, w = shape[0], shape[1], shape[2]
-
-    def packed():
-        # Bitwise OR of the masks viewed as uint64 words: exact for any M, 8 pixels per op.
-        words = tf.bitcast(tf.reshape(masks, [m, h * w // 8, 8]), tf.uint64)
-        union = tf.while_loop(
-            lambda i, acc: i < m,
-            lambda i, acc: (i + 1, tf.bitwise.bitwise_or(acc, words[i])),
-            (tf.constant(0), tf.zeros([h * w // 8], tf.uint64)),
-        )[1]
-        return tf.reshape(tf.bitcast(union, tf.uint8), [h, w])
-
-    def plain():
-        return tf.reduce_max(masks, axis=0)
-
-    return _branch(_divisible_by_8(*_dims(masks)[1:]), packed, plain)
-
-
-def column_any(masks: tf.Tensor) -> tf.Tensor:
-    """Whether each column of each mask has a set pixel.
-
-    Args:
-      masks: uint8 [N, H, W] with values 0/1.
-
-    Returns:
-      bool [N, W].
-    """
-    shape = tf.shape(masks)
-    n, h, w = shape[0], shape[1], shape[2]
-
-    def packed():
-        # Rows are summed in chunks of 128 so that each byte counter stays <= 128.
-        chunks = (h + 127) // 128
-        row = tf.range(n * h)
-        ids = (row // h) * chunks + (row % h) // 128
-        words = tf.bitcast(tf.reshape(masks, [n * h, w // 8, 8]), tf.uint64)
-        sums = tf.math.unsorted_segment_sum(words, ids, n * chunks)  # [N * C, W / 8]
-        counts = tf.reshape(tf.bitcast(sums, tf.uint8), [n, chunks, w])
-        return tf.reduce_max(counts, axis=1) > 0
-
-    def plain():
-        return tf.reduce_max(masks, axis=1) > 0
-
-    return _branch(_divisible_by_8(_dims(masks)[2]), packed, plain)
-
-
-def tight_boxes(rows_any: tf.Tensor, cols_any: tf.Tensor) -> tf.Tensor:
-    """Tight normalized boxes from mask projections.
-
-    Args:
-      rows_any: bool [N, H], whether each row of each mask has a set pixel.
-      cols_any: bool [N, W], whether each column of each mask has a set pixel.
-
-    Returns:
-      float32 [N, 4] [row_min / H, col_min / W, (row_max + 1) / H, (col_max + 1) / W].
-      Rows of empty masks are meaningless.
-    """
-
-    def bounds(any_, length):
-        idx = tf.range(length, dtype=tf.int32)[None, :]
-        lo = tf.reduce_min(tf.where(any_, idx, length), axis=1)
-        hi = tf.reduce_max(tf.where(any_, idx, -1), axis=1) + 1
-        return tf.cast(lo, tf.float32), tf.cast(hi, tf.float32)
-
-    h = tf.shape(rows_any)[1]
-    w = tf.shape(cols_any)[1]
-    ymin, ymax = bounds(rows_any, h)
-    xmin, xmax = bounds(cols_any, w)
-    hf = tf.cast(h, tf.float32)
-    wf = tf.cast(w, tf.float32)
-    return tf.stack([ymin / hf, xmin / wf, ymax / hf, xmax / wf], axis=1)
-
 
 def select_objects(
-    pasteable: tf.Tensor, seed: tf.Tensor, selection: str, max_num_pasted: int
+    pasteable: tf.Tensor,
+    seed: tf.Tensor,
+    selection: str,
+    max_num_pasted: int,
+    limit: tf.Tensor | int | None = None,
 ) -> tf.Tensor:
     """Chooses which source objects to paste.
 
     Args:
       pasteable: bool [N], which source objects may be pasted.
       seed: int [2] stateless seed.
-      selection: 'random_subset' (m ~ uniform{0..min(n, max_num_pasted)} of the n pasteable
-        objects, without replacement), 'all', or 'one' (exactly one when n > 0).
+      selection: 'random_subset' (m ~ uniform{0..min(n, max_num_pasted, limit)} of the n
+        pasteable objects, without replacement), 'all', or 'one' (exactly one when n > 0
+        and limit > 0).
       max_num_pasted: cap on the number of pasted objects for 'random_subset' and 'all'.
+      limit: None, or an int32 scalar (or int) >= 0: a cap for every selection (the room
+        left below `max_num_instances`). Without effect on the draws when it does not bind.
 
     Returns:
       int32 [M] indices into the source objects, increasing (source order).
     """
     candidates = tf.cast(tf.where(pasteable)[:, 0], tf.int32)
     n = tf.size(candidates)
+    allowed = n if limit is None else tf.minimum(n, tf.cast(limit, tf.int32))
     count_seed, order_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     if selection == "all":
-        return candidates[: tf.minimum(n, max_num_pasted)]
+        return candidates[: tf.minimum(allowed, max_num_pasted)]
     if selection == "one":
         k = tf.random.stateless_uniform(
             [], count_seed, minval=0, maxval=tf.maximum(n, 1), dtype=tf.int32
         )
-        return candidates[k : k + tf.minimum(n, 1)]
-    cap = tf.minimum(n, max_num_pasted)
+        return candidates[k : k + tf.minimum(allowed, 1)]
+    cap = tf.minimum(allowed, max_num_pasted)
     m = tf.random.stateless_uniform([], count_seed, minval=0, maxval=cap + 1, dtype=tf.int32)
     scores = tf.random.stateless_uniform([n], order_seed)
     chosen = tf.gather(candidates, tf.argsort(scores, stable=True)[:m])
     return tf.sort(chosen)
 
 
-def _validate(target, source, selection, max_num_pasted, blend_sigma, occluded_area_threshold):
+def occlude(
+    masks: tf.Tensor,
+    boxes: tf.Tensor,
+    union: tf.Tensor,
+    area_threshold: float,
+    box_threshold: float | None = None,
+) -> dict:
+    """Removes the pasted pixels from the target masks and decides which objects stay.
+
+    An object is kept when its visible area is > 0 and it lost no pixel, or its visible area
+    is >= `area_threshold` (the paper's rule), or (only when `box_threshold` is set) no
+    edge of its visible tight box moved more than `box_threshold` pixels from its given box
+    (MMDetection's `bbox_occluded_thr`).
+
+    Args:
+      masks: uint8 [N, H, W] 0/1 target masks.
+      boxes: float [N, 4] normalized target boxes [ymin, xmin, ymax, xmax].
+      union: uint8 [H, W] 0/1, the union of the pasted masks.
+      area_threshold: Python float, pixels.
+      box_threshold: None or Python float, pixels.
+
+    Returns:
+      dict with `visible` uint8 [N, H, W], `visible_counts` int32 [N], `occluded` bool [N]
+      (lost pixels), `keep` bool [N], and `boxes` (same dtype as `boxes`) [N, 4]: tight boxes
+      of the visible masks for the kept occluded objects, the given boxes for the others.
+    """
+    visible = tf.bitwise.bitwise_and(masks, (1 - union)[None])  # [N, H, W] uint8
+    vis_rows = pm.row_counts(visible)
+    vis_counts = tf.reduce_sum(vis_rows, axis=1)
+    occluded = vis_counts < tf.reduce_sum(pm.row_counts(masks), axis=1)
+    big_enough = tf.cast(vis_counts, tf.float32) >= area_threshold
+    # Objects that need their visible tight box: those the box rule may keep, or (paper's
+    # rule) just the kept occluded ones. Only their masks are projected.
+    candidates = occluded & (vis_counts > 0)
+    if box_threshold is None:
+        candidates &= big_enough
+    cand = tf.cast(tf.where(candidates)[:, 0], tf.int32)
+    bounds = pm.tight_bounds(
+        tf.gather(vis_rows, cand) > 0, pm.column_any(tf.gather(visible, cand))
+    )  # int32 [C, 4] pixels
+    h, w = tf.shape(masks)[1], tf.shape(masks)[2]
+    if box_threshold is not None:
+        hw = tf.cast(tf.stack([h, w, h, w]), tf.float32)
+        given = tf.cast(tf.gather(boxes, cand), tf.float32) * hw
+        shift = tf.abs(tf.cast(bounds, tf.float32) - given)
+        box_ok = tf.reduce_all(shift <= box_threshold, axis=1)
+        kept_c = box_ok | tf.gather(big_enough, cand)
+        cand, bounds = tf.boolean_mask(cand, kept_c), tf.boolean_mask(bounds, kept_c)
+    keep = (vis_counts > 0) & ~occluded
+    keep = tf.tensor_scatter_nd_update(keep, cand[:, None], tf.ones_like(cand, tf.bool))
+    new_boxes = tf.cast(pm.normalize_bounds(bounds, h, w), boxes.dtype)
+    return {
+        "visible": visible,
+        "visible_counts": vis_counts,
+        "occluded": occluded,
+        "keep": keep,
+        "boxes": tf.tensor_scatter_nd_update(boxes, cand[:, None], new_boxes),
+    }
+
+
+def _validate(target, source, selection, max_num_pasted, blend_sigma, thresholds, max_inst):
     if selection not in SELECTIONS:
         raise ValueError(f"copy_paste: selection must be one of {SELECTIONS}, got {selection!r}")
     if int(max_num_pasted) < 0:
         raise ValueError(f"copy_paste: max_num_pasted must be >= 0, got {max_num_pasted!r}")
     blend.kernel_radius(float(blend_sigma))
-    if float(occluded_area_threshold) < 0:
-        raise ValueError(
-            f"copy_paste: occluded_area_threshold must be >= 0, got {occluded_area_threshold!r}"
-        )
+    for name, value in thresholds.items():
+        if value is not None and not float(value) >= 0:
+            raise ValueError(f"copy_paste: {name} must be a number >= 0, got {value!r}")
+    if max_inst is not None and (isinstance(max_inst, bool) or int(max_inst) < 0):
+        raise ValueError(f"copy_paste: max_num_instances must be None or >= 0, got {max_inst!r}")
     for name, d in (("target", target), ("source", source)):
         missing = [k for k in _REQUIRED if k not in d]
         if missing:
@@ -262,7 +177,9 @@ def copy_paste(
     max_num_pasted: int = 100,
     blend_sigma: float = 0.0,
     occluded_area_threshold: float = 300.0,
+    occluded_box_threshold: float | None = None,
     paste_crowd: bool = False,
+    max_num_instances: int | None = None,
 ) -> dict:
     """Pastes objects of `source` onto `target` (Simple Copy-Paste).
 
@@ -272,10 +189,11 @@ def copy_paste(
     Args:
       target: dict with `image` uint8 or float [H, W, 3]; `groundtruth_boxes` float32 [N, 4]
         normalized [ymin, xmin, ymax, xmax]; `groundtruth_classes` int [N];
-        `groundtruth_instance_masks` [N, H, W] 0/1 (uint8, float or bool);
-        `groundtruth_is_crowd` bool [N]; optional `groundtruth_area` [N]. Any other
-        `groundtruth_*` key is per-object [N, ...] (e.g. `groundtruth_difficult`) and must also
-        be in `source`; all other keys (`source_id`, `height`, ...) pass through unchanged.
+        `groundtruth_instance_masks` [N, H, W]: uint8 0/1 or 0/255 (any nonzero is set),
+        bool, or float 0/1 (>= 0.5 is set); `groundtruth_is_crowd` bool [N]; optional
+        `groundtruth_area` [N]. Any other `groundtruth_*` key is per-object [N, ...] (e.g.
+        `groundtruth_difficult`) and must also be in `source`; all other keys (`source_id`,
+        `height`, ...) pass through unchanged.
       source: dict with the same keys (extra keys ignored), images of the same H x W.
       seed: int32/int64 [2] seed for the stateless random ops: same inputs and seed give the
         same output.
@@ -285,27 +203,38 @@ def copy_paste(
       blend_sigma: 0 for a hard paste; > 0 smooths the alpha map (the union of the pasted
         masks) with a Gaussian of this sigma in pixels (image only; annotations use the hard
         union).
-      occluded_area_threshold: a target object that lost pixels is dropped when fewer than
-        this many of its pixels stay visible.
+      occluded_area_threshold: a target object that lost pixels is kept when at least this
+        many of its pixels stay visible (the paper's rule; MMDetection's `area > 300` is 301).
+      occluded_box_threshold: None (the paper's rule only), or pixels: a target object that
+        lost pixels is also kept when no edge of the tight box of its visible pixels is more
+        than this far from its given box (MMDetection's `bbox_occluded_thr`, 10 in its
+        configs). An object with no visible pixel is always dropped.
       paste_crowd: whether crowd objects of the source may be pasted.
+      max_num_instances: None, or K (a Python int): at most `max(K - N, 0)` objects are
+        pasted, N the number of target objects before occlusion, so the output has at most K
+        objects unless the target alone has more.
 
     Returns:
       dict with the target's keys and dtypes: the pasted image; kept target objects in their
       order (partly occluded ones with visible mask, tight box and visible pixel area;
       untouched ones unchanged) followed by the pasted objects in source order (source masks,
       boxes, classes, crowd flags, and area, or mask pixel count when the source has no
-      area). Source objects with empty masks are never pasted. When nothing is pasted the
-      target is returned unchanged.
+      area). Masks hold 0/1 in the target's mask dtype (uint8 0/255 input gives 0/1).
+      Source objects with empty masks are never pasted. When nothing is pasted the target
+      is returned unchanged (masks normalized to 0/1).
     """
-    _validate(target, source, selection, max_num_pasted, blend_sigma, occluded_area_threshold)
+    thresholds = {
+        "occluded_area_threshold": occluded_area_threshold,
+        "occluded_box_threshold": occluded_box_threshold,
+    }
+    _validate(target, source, selection, max_num_pasted, blend_sigma, thresholds, max_num_instances)
     per_object = [k for k in target if k.startswith(_PER_OBJECT_PREFIX)]
     target = {
         k: tf.convert_to_tensor(v) if k in per_object or k == IMAGE else v
         for k, v in target.items()
     }
     source = {k: tf.convert_to_tensor(v) for k, v in source.items() if k in target}
-    blend_sigma = float(blend_sigma)
-    threshold = float(occluded_area_threshold)
+    box_threshold = None if occluded_box_threshold is None else float(occluded_box_threshold)
     seed = tf.convert_to_tensor(seed)
 
     t_image = tf.convert_to_tensor(target[IMAGE])
@@ -316,49 +245,49 @@ def copy_paste(
         message="copy_paste: target and source images differ in size",
     )
 
-    s_masks = binarize_masks(source[MASKS])
-    s_counts = tf.reduce_sum(row_counts(s_masks), axis=1)  # [Ns] int32
+    s_masks = pm.binarize_masks(source[MASKS])
+    s_counts = tf.reduce_sum(pm.row_counts(s_masks), axis=1)  # [Ns] int32
     pasteable = s_counts > 0
     if not paste_crowd:
         pasteable &= ~tf.cast(source[IS_CROWD], tf.bool)
-    chosen = select_objects(pasteable, seed, selection, int(max_num_pasted))
+    room = None
+    if max_num_instances is not None:
+        room = tf.maximum(int(max_num_instances) - tf.shape(target[CLASSES])[0], 0)
+    chosen = select_objects(pasteable, seed, selection, int(max_num_pasted), room)
 
     pasted = tf.gather(s_masks, chosen)  # [M, H, W] uint8
-    union = mask_union(pasted)  # [H, W] uint8
-    t_masks = binarize_masks(target[MASKS])
-    visible = tf.bitwise.bitwise_and(t_masks, (1 - union)[None])  # [N, H, W] uint8
-    vis_rows = row_counts(visible)
-    vis_counts = tf.reduce_sum(vis_rows, axis=1)
-    orig_counts = tf.reduce_sum(row_counts(t_masks), axis=1)
-    occluded = vis_counts < orig_counts
-    keep = (vis_counts > 0) & (~occluded | (tf.cast(vis_counts, tf.float32) >= threshold))
+    union = pm.mask_union(pasted)  # [H, W] uint8
+    t_boxes = target[BOXES]
+    occ = occlude(
+        pm.binarize_masks(target[MASKS]),
+        t_boxes,
+        union,
+        float(occluded_area_threshold),
+        box_threshold,
+    )
     # Nothing pasted: the target is returned as is (also objects with empty masks).
-    keep |= tf.equal(tf.size(chosen), 0)
+    keep = occ["keep"] | tf.equal(tf.size(chosen), 0)
     keep_idx = tf.cast(tf.where(keep)[:, 0], tf.int32)
 
-    out = {IMAGE: blend.paste_image(t_image, s_image, union, blend_sigma)}
-    # Boxes: tight box of the visible mask for occluded objects, the original otherwise.
-    t_boxes = tf.convert_to_tensor(target[BOXES])
-    occ_k = tf.gather(occluded, keep_idx)
-    # Only the partly occluded kept objects need a new box: project just those masks.
-    moved = tf.cast(tf.where(occluded & keep)[:, 0], tf.int32)
-    new_boxes = tight_boxes(tf.gather(vis_rows, moved) > 0, column_any(tf.gather(visible, moved)))
-    boxes = tf.tensor_scatter_nd_update(t_boxes, moved[:, None], tf.cast(new_boxes, t_boxes.dtype))
-    boxes_k = tf.gather(boxes, keep_idx)
-    all_kept = tf.reduce_all(keep)
-    vis_k = tf.cond(all_kept, lambda: visible, lambda: tf.gather(visible, keep_idx))
+    out = {IMAGE: blend.paste_image(t_image, s_image, union, float(blend_sigma))}
+    visible = occ["visible"]
+    vis_k = tf.cond(tf.reduce_all(keep), lambda: visible, lambda: tf.gather(visible, keep_idx))
     out[BOXES] = tf.concat(
-        [boxes_k, blend.cast_like(tf.gather(source[BOXES], chosen), t_boxes.dtype)], 0
+        [
+            tf.gather(occ["boxes"], keep_idx),
+            blend.cast_like(tf.gather(source[BOXES], chosen), t_boxes.dtype),
+        ],
+        0,
     )
-    t_mask_dtype = tf.convert_to_tensor(target[MASKS]).dtype
+    t_mask_dtype = target[MASKS].dtype
     out[MASKS] = tf.concat(
         [blend.cast_like(vis_k, t_mask_dtype), blend.cast_like(pasted, t_mask_dtype)], 0
     )
     if AREA in target:
-        t_area = tf.convert_to_tensor(target[AREA])
+        t_area = target[AREA]
         area_k = tf.where(
-            occ_k,
-            tf.cast(tf.gather(vis_counts, keep_idx), t_area.dtype),
+            tf.gather(occ["occluded"], keep_idx),
+            tf.cast(tf.gather(occ["visible_counts"], keep_idx), t_area.dtype),
             tf.gather(t_area, keep_idx),
         )
         s_area = source[AREA] if AREA in source else s_counts
@@ -366,7 +295,7 @@ def copy_paste(
     for key in per_object:
         if key in out:
             continue
-        t_val = tf.convert_to_tensor(target[key])
+        t_val = target[key]
         s_val = blend.cast_like(tf.gather(source[key], chosen), t_val.dtype)
         out[key] = tf.concat([tf.gather(t_val, keep_idx), s_val], 0)
     output = dict(target)

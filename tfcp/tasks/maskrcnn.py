@@ -96,7 +96,9 @@ class MaskRCNNTask(base.Task):
             mask targets only runs in training mode (evaluation uses `validation_step`).
 
         Returns:
-          dict of float32 scalars, see `tfcp.modeling.losses.maskrcnn_losses`.
+          dict of float32 scalars, see `tfcp.modeling.losses.maskrcnn_losses`; with labels
+          from `tfcp.data.targets` also `truncated_instances`: the objects of this batch cut
+          beyond `max_num_instances` (logged, not part of the loss).
         """
         if not training:
             raise ValueError(
@@ -115,7 +117,7 @@ class MaskRCNNTask(base.Task):
             model_kwargs["gt_masks"] = labels["gt_masks"]
         outputs = model(features, **model_kwargs)
         outputs = tf.nest.map_structure(lambda x: tf.cast(x, tf.float32), outputs)
-        return losses.maskrcnn_losses(
+        result = losses.maskrcnn_losses(
             outputs,
             labels,
             num_detection_heads=props["num_detection_heads"],
@@ -123,6 +125,11 @@ class MaskRCNNTask(base.Task):
             include_mask=props["include_mask"],
             config=self._loss_config,
         )
+        if "num_truncated_instances" in labels:
+            result["truncated_instances"] = tf.cast(
+                tf.reduce_sum(labels["num_truncated_instances"]), tf.float32
+            )
+        return result
 
     # ------------------------------------------------------------------- evaluation
     def validation_step(self, model: tf_keras.Model, features: Any, labels: Any) -> dict[str, Any]:
