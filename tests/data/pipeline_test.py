@@ -93,7 +93,11 @@ class PipelineTest(tf.test.TestCase):
             tf.constant(self.records[0])
         )
         mg_image, mg_labels = parser.parse_fn(is_training=True)(decoded)
-        images, labels = self._batches(1)[0]
+        images, all_labels = self._batches(1)[0]
+        # tfcp adds one label: objects cut at max_num_instances (counted, never silent).
+        truncated = all_labels["num_truncated_instances"]
+        self.assertEqual((truncated.shape, truncated.dtype), ((2,), tf.int32))
+        labels = {k: v for k, v in all_labels.items() if k != "num_truncated_instances"}
         tf.nest.assert_same_structure(mg_labels, labels)
         self.assertEqual(images.shape, [2, *mg_image.shape])
         self.assertEqual(images.dtype, mg_image.dtype)

@@ -122,6 +122,49 @@ class TrainRecordsTest(tf.test.TestCase, parameterized.TestCase):
             records.train_records(files, seed=0, shuffle_window=2, num_pipelines=2, pipeline_id=1)
 
 
+class RepeatFactorStreamTest(tf.test.TestCase, parameterized.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.sizes = [5, 3, 6, 4]
+        self.files = _write_files(tempfile.mkdtemp(), self.sizes)
+        rng = np.random.default_rng(0)
+        self.factors = [1.0 + rng.choice([0.0, 0.0, 0.5, 1.7, 3.2], size=n) for n in self.sizes]
+
+    def test_copies_per_epoch_match_the_factors(self):
+        ds = records.train_records(
+            self.files, seed=2, shuffle_window=5, repeat_factors=self.factors
+        )
+        names = [n for _, n, _ in _take(ds, 6000)]
+        counts = collections.Counter(names)
+        expected_per_epoch = sum(float(f.sum()) for f in self.factors)
+        epochs = len(names) / expected_per_epoch
+        for path, factors in zip(self.files, self.factors, strict=True):
+            for index, r in enumerate(factors):
+                rate = counts[f"{path}:{index}"] / epochs
+                self.assertAllClose(rate, r, atol=0.2, msg=f"{path}:{index} r={r}")
+
+    @parameterized.parameters((1, 0), (2, 1), (3, 0))
+    def test_resume_is_exact_with_repeat_factors(self, num_pipelines, pipeline_id):
+        kwargs = dict(
+            seed=4,
+            shuffle_window=4,
+            repeat_factors=self.factors,
+            num_pipelines=num_pipelines,
+            pipeline_id=pipeline_id,
+        )
+        full = _take(records.train_records(self.files, **kwargs), 90)
+        self.assertEqual(full, _take(records.train_records(self.files, **kwargs), 90))
+        for start in (1, 5, 29, 31, 58, 77):
+            resumed = records.train_records(self.files, start=start, **kwargs)
+            self.assertEqual(_take(resumed, 90 - start), full[start:], f"start={start}")
+
+    def test_bad_factors_are_named(self):
+        with self.assertRaisesRegex(ValueError, "repeat factors must be >= 1"):
+            records.train_records(
+                self.files, seed=0, shuffle_window=2, repeat_factors=[np.ones(2)] * 4
+            )
+
+
 class EvalRecordsTest(tf.test.TestCase):
     def test_pipelines_cover_every_record_once(self):
         for sizes, n in (([2, 3, 4], 2), ([9], 4)):

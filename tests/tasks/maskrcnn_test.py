@@ -123,6 +123,12 @@ class MaskRCNNTaskTest(tf.test.TestCase):
             for k in ("rpn_score_loss", "rpn_box_loss", "frcnn_cls_loss", "frcnn_box_loss")
         )
         self.assertAllClose(losses["total_loss"], parts + losses["mask_loss"].numpy(), rtol=1e-5)
+
+    def test_truncated_instances_are_reported(self):
+        images, labels = self.train_batch
+        labels = dict(labels, num_truncated_instances=tf.constant([3, 17], tf.int32))
+        losses = self.task.build_losses(self.model, images, labels, training=True)
+        self.assertAllClose(losses["truncated_instances"], 20.0)
         self.assertGreater(losses["mask_loss"].numpy(), 0.0)
         with self.assertRaisesRegex(ValueError, "training=True"):
             self.task.build_losses(self.model, images, labels, training=False)

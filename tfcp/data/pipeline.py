@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import gin
 import tensorflow as tf
 
-from tfcp.data import decoder, records, targets
+from tfcp.data import decoder, records, sampling, targets
 from tfcp.ops import copy_paste as copy_paste_lib
 from tfcp.ops import scale_jitter
 
@@ -80,6 +80,7 @@ def build_dataset(
     max_num_pasted: int = 100,
     blend_sigma: float = 0.0,
     occluded_area_threshold: float = 300.0,
+    occluded_box_threshold: float | None = None,
     paste_crowd: bool = False,
     skip_crowd_during_training: bool = True,
     max_num_instances: int = 100,
@@ -98,6 +99,7 @@ def build_dataset(
     num_parallel_calls: int = tf.data.AUTOTUNE,
     keep_is_pasted: bool = False,
     start_step: int = 0,
+    repeat_factor_threshold: float | None = None,
 ) -> tf.data.Dataset:
     """Builds the Mask R-CNN training or eval dataset.
 
@@ -119,8 +121,10 @@ def build_dataset(
       paste_scale_range: scale jitter range of the source (pasted) views.
       flip_prob: horizontal flip probability of each view.
       pad_value: uint8 gray value of the padding.
-      selection, max_num_pasted, blend_sigma, occluded_area_threshold, paste_crowd: the
-        arguments of `tfcp.ops.copy_paste.copy_paste`.
+      selection, max_num_pasted, blend_sigma, occluded_area_threshold,
+        occluded_box_threshold, paste_crowd: the arguments of
+        `tfcp.ops.copy_paste.copy_paste`. The op also gets `max_num_instances`, so it never
+        pastes more objects than the labels have room for.
       skip_crowd_during_training: drop crowd objects from the training targets (after
         Copy-Paste).
       max_num_instances: K, objects per image in the padded labels.
@@ -137,6 +141,10 @@ def build_dataset(
       start_step: training: the global step the stream starts at (a resumed run's
         checkpoint step): the batches are exactly those an uninterrupted run gets from
         that step on, and starting costs the same at any step.
+      repeat_factor_threshold: training: t of repeat factor sampling (LVIS: 0.001), None
+        = off. Per-record factors come from the records' categories
+        (`tfcp.data.sampling`); targets and pasted sources both come from the resampled
+        stream.
 
     Returns:
       A `tf.data.Dataset` of `(images float32 [B, S, S, 3], labels)`, see the module doc.
@@ -169,6 +177,11 @@ def build_dataset(
         batch_size=batch_size,
         start_step=start_step,
         position_multiple=2 if paste else 1,
+        repeat_factors=(
+            sampling.file_repeat_factors(files, repeat_factor_threshold)
+            if is_training and repeat_factor_threshold
+            else None
+        ),
     )
     if not is_training:
         return _eval_dataset(
@@ -246,7 +259,9 @@ def build_dataset(
                 max_num_pasted=max_num_pasted,
                 blend_sigma=blend_sigma,
                 occluded_area_threshold=occluded_area_threshold,
+                occluded_box_threshold=occluded_box_threshold,
                 paste_crowd=paste_crowd,
+                max_num_instances=max_num_instances,
             )
 
         if copy_paste_prob >= 1.0:

@@ -95,6 +95,34 @@ def _pipeline_files(files, num_pipelines, pipeline_id):
     return list(files), max(num_pipelines, 1), pipeline_id if num_pipelines > 1 else 0
 
 
+def _epoch_counts(base, frac, seed, epoch):
+    """Copies of each record in `epoch`: floor(r) + Bernoulli(frac(r)), int64 [N]."""
+    if frac is None:
+        return base
+    # The same int64 epoch on the host and in the graph: fold_in depends on the dtype.
+    epoch_seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(epoch, tf.int64))
+    u = tf.random.stateless_uniform(tf.shape(frac), epoch_seed, dtype=tf.float64)
+    return base + tf.cast(u < frac, tf.int64)
+
+
+def _start_epoch(start, base, frac, seed, stride, offset):
+    """(epoch, position of its first element) holding pipeline position `start`."""
+
+    def size(counts):
+        total = int(np.sum(counts))
+        return max((total - offset + stride - 1) // stride, 0)
+
+    if frac is None:  # every epoch has the same size
+        epoch_size = size(base)
+        return start // epoch_size, start - start % epoch_size
+    epoch, first = 0, 0
+    while True:
+        epoch_size = size(_epoch_counts(base, frac, seed, epoch).numpy())
+        if start < first + epoch_size:
+            return epoch, first
+        epoch, first = epoch + 1, first + epoch_size
+
+
 def train_records(
     files: Sequence[str],
     *,
@@ -103,16 +131,22 @@ def train_records(
     num_pipelines: int = 1,
     pipeline_id: int = 0,
     start: int = 0,
+    repeat_factors: Sequence[np.ndarray] | None = None,
 ) -> tf.data.Dataset:
     """The endless training stream of one input pipeline, from position `start`.
 
     Args:
       files: TFRecord paths (the sorted output of `pipeline.list_files`).
-      seed: the run's seed (file order and window permutations).
+      seed: the run's seed (file order, window permutations, repeats).
       shuffle_window: W, records per permuted window (the shuffle buffer size); 1 keeps
         the order of the (randomly ordered) files.
       num_pipelines, pipeline_id: from the `tf.distribute.InputContext`.
       start: the first position to produce (see `start_position`).
+      repeat_factors: optional repeat factor sampling: one float array per file with each
+        record's factor r >= 1 (`tfcp.data.sampling.file_repeat_factors`). Each epoch holds
+        floor(r) copies of the record plus one with probability frac(r), drawn from
+        (seed, epoch); copies fall in the same window. Finding the start epoch then costs
+        one vectorized draw per epoch before it (no I/O).
 
     Returns:
       A dataset of `(position int64 [], record_name string [], serialized string [])`:
@@ -120,52 +154,87 @@ def train_records(
       augmentation with it), `record_name` is `'path:index'` (index within the file).
 
     Raises:
-      ValueError: no file, or this pipeline gets no record (the message names the files).
+      ValueError: no file, bad factors, or this pipeline gets no record (names the files).
     """
     if not files:
         raise ValueError("train_records needs at least one file")
     window = max(int(shuffle_window), 1)
     my_files, stride, offset = _pipeline_files(list(files), num_pipelines, pipeline_id)
     counts = np.array([count_records(f) for f in my_files], np.int64)
-    total = int(counts.sum())
-    epoch_size = max((total - offset + stride - 1) // stride, 0)
-    if epoch_size == 0:
+    seed_t = tf.constant([seed, 0x7EC0], tf.int64)
+    rfs_seed = tf.random.experimental.stateless_fold_in(seed_t, 0x4F5)
+    if repeat_factors is None:
+        base, frac = np.ones([int(counts.sum())], np.int64), None
+    else:
+        by_file = dict(zip(files, repeat_factors, strict=True))
+        factors = np.concatenate([np.asarray(by_file[f], np.float64) for f in my_files])
+        if len(factors) != counts.sum() or not np.all(factors >= 1.0):
+            raise ValueError(
+                f"repeat factors must be >= 1, one per record ({int(counts.sum())} records in "
+                f"{my_files[:4]}...), got {len(factors)}"
+            )
+        base = np.floor(factors).astype(np.int64)
+        frac = tf.constant(factors - base)
+    total = int(np.sum(base))  # the smallest epoch (every record has at least one copy)
+    if max((total - offset + stride - 1) // stride, 0) == 0:
         raise ValueError(
             f"input pipeline {pipeline_id} of {num_pipelines} gets no training record from "
             f"{len(my_files)} file(s) holding {total} record(s): {my_files[:4]}"
         )
-    start_epoch, first_in_epoch = divmod(int(start), epoch_size)
-    first_window, skip_in_window = divmod(first_in_epoch, window)
+    start_epoch, epoch_first = _start_epoch(int(start), base, frac, rfs_seed, stride, offset)
+    in_epoch = int(start) - epoch_first
+    first_window, skip_in_window = divmod(in_epoch, window)
     file_names = tf.constant(my_files)
-    file_counts = tf.constant(counts)
-    seed_t = tf.constant([seed, 0x7EC0], tf.int64)
+    file_sizes = tf.constant(counts)
+    file_starts = tf.constant(np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64))
+    base_t = tf.constant(base)
 
     def epoch_records(epoch):
         first = epoch == start_epoch
         window0 = tf.where(first, tf.constant(first_window, tf.int64), 0)
         skip0 = tf.where(first, tf.constant(skip_in_window, tf.int64), 0)
         epoch_seed = tf.random.experimental.stateless_fold_in(seed_t, epoch)
+        copies = _epoch_counts(base_t, frac, rfs_seed, epoch)
         order = tf.argsort(tf.random.stateless_uniform([len(my_files)], epoch_seed))
-        names, sizes = tf.gather(file_names, order), tf.gather(file_counts, order)
-        # Raw records (before record sharding) to skip: a multiple of `stride`.
-        raw_skip = window0 * window * stride
-        ends = tf.cumsum(sizes)
-        first_file = tf.reduce_sum(tf.cast(ends <= raw_skip, tf.int32))
-        skip_in_file = raw_skip - (ends[first_file] - sizes[first_file])
+        names, sizes, starts = (tf.gather(x, order) for x in (file_names, file_sizes, file_starts))
+        # Copies before the first window of this epoch (a multiple of `stride`): find the
+        # record they end in and how many of its copies were already produced.
+        copy_skip = window0 * window * stride
+        ids = tf.ragged.range(starts, starts + sizes).flat_values  # records in epoch order
+        ends = tf.cumsum(tf.gather(copies, ids))
+        record = tf.reduce_sum(tf.cast(ends <= copy_skip, tf.int64))
+        done = copy_skip - tf.concat([[0], ends], 0)[record]
+        file_ends = tf.cumsum(sizes)
+        first_file = tf.reduce_sum(tf.cast(file_ends <= record, tf.int32))
+        skip_in_file = record - (file_ends[first_file] - sizes[first_file])
         skips = tf.concat([[skip_in_file], tf.zeros([len(my_files) - first_file - 1], tf.int64)], 0)
 
-        def read_file(name, skip):
+        def read_file(name, skip, file_start):
             indices = tf.data.Dataset.range(skip, tf.int64.max)
             rows = tf.data.Dataset.zip(indices, tf.data.TFRecordDataset(name).skip(skip))
             sep = tf.constant(":")
-            return rows.map(lambda i, r: (tf.strings.join([name, sep, tf.strings.as_string(i)]), r))
+            return rows.map(
+                lambda i, r: (
+                    file_start + i,
+                    tf.strings.join([name, sep, tf.strings.as_string(i)]),
+                    r,
+                )
+            )
 
-        raw = tf.data.Dataset.from_tensor_slices((names[first_file:], skips))
-        raw = raw.flat_map(read_file)
+        raw = tf.data.Dataset.from_tensor_slices(
+            (names[first_file:], skips, starts[first_file:])
+        ).flat_map(read_file)
+
+        def repeat(index, row):
+            record_id, name, serialized = row
+            n = copies[record_id] - tf.where(index == 0, done, 0)
+            return tf.data.Dataset.from_tensors((name, serialized)).repeat(n)
+
+        stream = raw.enumerate().flat_map(repeat)
         if stride > 1:
-            raw = raw.shard(stride, offset)
+            stream = stream.shard(stride, offset)
         windows = tf.data.Dataset.zip(
-            tf.data.Dataset.range(window0, tf.int64.max), raw.batch(window)
+            tf.data.Dataset.range(window0, tf.int64.max), stream.batch(window)
         )
 
         def permute(index, batch):
@@ -174,14 +243,11 @@ def train_records(
             perm = tf.argsort(tf.random.stateless_uniform(tf.shape(records_w), window_seed))
             return tf.gather(names_w, perm), tf.gather(records_w, perm)
 
-        stream = windows.map(permute).unbatch().skip(skip0)
-        positions = tf.data.Dataset.range(
-            epoch * epoch_size + window0 * window + skip0, tf.int64.max
-        )
-        return tf.data.Dataset.zip(positions, stream).map(lambda p, nr: (p, nr[0], nr[1]))
+        return windows.map(permute).unbatch().skip(skip0)
 
-    epochs = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS)
-    return epochs.flat_map(epoch_records)
+    stream = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(epoch_records)
+    positions = tf.data.Dataset.range(int(start), tf.int64.max)
+    return tf.data.Dataset.zip(positions, stream).map(lambda p, nr: (p, nr[0], nr[1]))
 
 
 def eval_records(
@@ -222,6 +288,7 @@ def read(
     batch_size: int,
     start_step: int = 0,
     position_multiple: int = 1,
+    repeat_factors: Sequence[np.ndarray] | None = None,
 ) -> tuple[tf.data.Dataset, int]:
     """The records a pipeline builder reads: `train_records` or `eval_records`.
 
@@ -235,6 +302,7 @@ def read(
       position_multiple: training: start at a multiple of this position (2 for a
         pipeline that pairs consecutive records); the caller drops the returned number
         of leading examples after its pairing stage.
+      repeat_factors: training: per-file record repeat factors (see `train_records`).
 
     Returns:
       (dataset, examples to drop): training `(position, record_name, serialized)`
@@ -257,5 +325,6 @@ def read(
         num_pipelines=num_pipelines,
         pipeline_id=pipeline_id,
         start=start - drop,
+        repeat_factors=repeat_factors,
     )
     return dataset, drop

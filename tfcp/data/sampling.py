@@ -1,0 +1,124 @@
+"""Repeat factor sampling (Gupta et al., LVIS, 2019): per-record repeat factors.
+
+For a threshold t (the paper's 0.001), category c gets r_c = max(1, sqrt(t / f_c)), f_c the
+fraction of training images that contain c, and image i gets r_i = max over its categories
+(1 for an image without objects). `tfcp.data.records.train_records(repeat_factors=...)`
+then repeats record i floor(r_i) times per epoch, plus once more with probability
+frac(r_i), seeded by (seed, epoch, record).
+
+The categories of each record are read from a sidecar `<file>.classes.json` when the
+converter wrote one (`write_classes_sidecar`), else from the records themselves in one pass
+that parses only the class labels (no image decode; logged).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tfcp.data import records, schema
+
+SIDECAR_SUFFIX = ".classes.json"
+
+
+def write_classes_sidecar(path: str, classes: Sequence[Sequence[int]]) -> str:
+    """Writes `<path>.classes.json`: the category ids of each record of `path`, in order."""
+    sidecar = path + SIDECAR_SUFFIX
+    payload = {
+        "num_records": len(classes),
+        "classes": [sorted({int(c) for c in x}) for x in classes],
+    }
+    with tf.io.gfile.GFile(sidecar, "w") as f:
+        f.write(json.dumps(payload))
+    return sidecar
+
+
+def _read_labels(path: str) -> list[np.ndarray]:
+    spec = {schema.CLASS_LABEL: tf.io.VarLenFeature(tf.int64)}
+    dataset = tf.data.TFRecordDataset(path).map(
+        lambda r: tf.sparse.to_dense(tf.io.parse_single_example(r, spec)[schema.CLASS_LABEL])
+    )
+    return [np.unique(x) for x in dataset.as_numpy_iterator()]
+
+
+def record_classes(files: Sequence[str]) -> list[list[np.ndarray]]:
+    """Per file, per record: the sorted unique category ids (int64) of its objects.
+
+    Raises:
+      ValueError: a sidecar whose record count differs from its file's (names both).
+    """
+    out, parsed, start = [], 0, time.time()
+    for path in files:
+        sidecar = path + SIDECAR_SUFFIX
+        if tf.io.gfile.exists(sidecar):
+            with tf.io.gfile.GFile(sidecar) as f:
+                payload = json.load(f)
+            classes = [np.asarray(x, np.int64) for x in payload["classes"]]
+            expected = records.count_records(path)
+            if len(classes) != expected:
+                raise ValueError(
+                    f"{sidecar} lists {len(classes)} records but {path} has {expected}: "
+                    "delete the stale sidecar or reconvert"
+                )
+        else:
+            classes = _read_labels(path)
+            parsed += 1
+        out.append(classes)
+    if parsed:
+        logging.info(
+            "Repeat factors: parsed the class labels of %d file(s) in %.1fs (no %s sidecar).",
+            parsed,
+            time.time() - start,
+            SIDECAR_SUFFIX,
+        )
+    return out
+
+
+def category_repeat_factors(per_record: Sequence[np.ndarray], threshold: float) -> dict[int, float]:
+    """r_c = max(1, sqrt(t / f_c)) for every category present in `per_record`."""
+    num_images = len(per_record)
+    if num_images == 0:
+        return {}
+    ids, counts = np.unique(np.concatenate([np.asarray(x, np.int64) for x in per_record] + [
+        np.zeros([0], np.int64)]), return_counts=True)  # fmt: skip
+    fractions = counts / num_images
+    factors = np.maximum(1.0, np.sqrt(threshold / fractions))
+    return {int(c): float(r) for c, r in zip(ids, factors, strict=True)}
+
+
+def repeat_factors(per_record: Sequence[np.ndarray], threshold: float) -> np.ndarray:
+    """r_i = max over the record's categories of r_c (1.0 without objects): float64 [N].
+
+    Args:
+      per_record: the unique category ids of each training record (all files, in order).
+      threshold: t, e.g. 0.001.
+    """
+    if threshold <= 0:
+        raise ValueError(f"repeat_factor_threshold must be positive, got {threshold}")
+    by_category = category_repeat_factors(per_record, threshold)
+    return np.array(
+        [max([by_category[int(c)] for c in x], default=1.0) for x in per_record], np.float64
+    )
+
+
+def file_repeat_factors(files: Sequence[str], threshold: float) -> list[np.ndarray]:
+    """`repeat_factors` over all records of `files`, split back per file."""
+    per_file = record_classes(files)
+    flat = repeat_factors([x for file_classes in per_file for x in file_classes], threshold)
+    splits = np.cumsum([len(x) for x in per_file])[:-1]
+    factors = np.split(flat, splits)
+    logging.info(
+        "Repeat factor sampling (t=%g): %d records, mean factor %.3f (epoch %.0f records), "
+        "max %.2f",
+        threshold,
+        len(flat),
+        float(flat.mean()) if len(flat) else 0.0,
+        float(flat.sum()),
+        float(flat.max()) if len(flat) else 0.0,
+    )
+    return factors
