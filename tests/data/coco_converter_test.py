@@ -15,7 +15,14 @@ from official.vision.dataloaders import tf_example_decoder
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tfcp.data import coco_converter, create_coco_tfrecord, decoder, schema, tfrecord_io
+from tfcp.data import (
+    coco_converter,
+    create_coco_tfrecord,
+    decoder,
+    schema,
+    tfrecord_io,
+    validation,
+)
 from tfcp.data.tfrecord_io import ConversionError
 
 H, W = 48, 64
@@ -297,6 +304,11 @@ def test_box_partly_outside_is_clipped_and_counted(tmp_path):
         (lambda d: d["images"][0].update(height=50), "the JSON says 64x50"),
         (lambda d: d["annotations"][1]["segmentation"].update(size=[10, 10]), "RLE size"),
         (lambda d: d["annotations"].append(dict(d["annotations"][0])), "duplicate annotation"),
+        (lambda d: d["annotations"][0].update(bbox=[5, float("nan"), 20, 20]), "4 finite"),
+        (lambda d: d["annotations"][0].update(area=float("nan")), "area must be a finite"),
+        (lambda d: d["annotations"][0].update(area=None), "area must be a finite"),
+        (lambda d: d["annotations"][0].update(area=-4), "area must be a finite"),
+        (lambda d: d.update(categories=[*CATEGORIES, {"id": 0, "name": "bg"}]), "positive"),
     ],
 )
 def test_structural_errors_name_the_file_and_record(tmp_path, mutate, message):
@@ -382,9 +394,15 @@ def test_end_to_end_on_synthetic_coco(tmp_path):
     assert summary.images_written == len(coco.imgs) == 4
     assert summary.objects_written == len(coco.anns)
     assert not summary.objects_skipped and not summary.images_skipped
+    num_classes = max(coco.cats) + 1
     seen = set()
     for record in _records(prefix):
         d = decoder.decode(tf.constant(record))
+        checked, ok, reason = validation.decode_checked(
+            tf.constant(record), include_mask=True, num_classes=num_classes
+        )
+        assert ok.numpy() and reason.numpy() == b""
+        np.testing.assert_array_equal(checked["image"].numpy(), d["image"].numpy())
         image_id = int(d["source_id"].numpy())
         seen.add(image_id)
         image = coco.imgs[image_id]
@@ -409,3 +427,46 @@ def test_end_to_end_on_synthetic_coco(tmp_path):
         for mask, annotation in zip(masks, annotations, strict=True):
             np.testing.assert_array_equal(mask, coco.annToMask(annotation))
     assert seen == set(coco.imgs)
+
+
+def test_negative_width_or_height_is_an_empty_box_skipped_and_counted(tmp_path):
+    """An inverted COCO box (w or h < 0) is never written inverted."""
+    root = str(tmp_path)
+    data = _dataset(root)
+    data["annotations"][0]["bbox"] = [25, 10, -20, 20]
+    data["annotations"][1]["bbox"] = [40, 20, 20, -18]
+    prefix, summary = _convert(root, data)
+    assert dict(summary.objects_skipped) == {"empty_box": 2}
+    assert summary.objects_written == 1
+
+
+def test_png_that_tensorflow_cannot_decode_is_a_corrupt_file(tmp_path):
+    """PIL decodes a PNG without its IEND chunk; TensorFlow does not, so it is not written."""
+    root = str(tmp_path)
+    data = _dataset(root)
+    path = os.path.join(root, "images", "sub", "b.png")
+    with open(path, "rb") as f:
+        content = f.read()
+    with open(path, "wb") as f:
+        f.write(content[:-12])
+    schema.verify_image(content[:-12])  # PIL is fine with it
+    with pytest.raises(ConversionError, match="image id 12") as error:
+        _convert(root, data)
+    assert "b.png: truncated PNG (no IEND chunk)" in str(error.value)
+    prefix, summary = _convert(root, data, skip_bad_images=True)
+    assert dict(summary.images_skipped) == {"corrupt_file": 1}
+    assert [decoder.decode(tf.constant(r))["source_id"].numpy() for r in _records(prefix)] == [
+        b"11"
+    ]
+
+
+def test_a_record_that_training_would_reject_is_never_written(tmp_path, monkeypatch):
+    """The last check before writing catches what slipped past the others (here a bug)."""
+    root = str(tmp_path)
+    monkeypatch.setattr(
+        coco_converter, "normalized_box", lambda *args: ([0.5, 0.1, 0.2, 0.3], False)
+    )
+    with pytest.raises(ConversionError, match="image id 11") as error:
+        _convert(root, _dataset(root))
+    assert "refusing to write a bad record: box 0 is inverted" in str(error.value)
+    assert not glob.glob(os.path.join(root, "out", "train-*"))

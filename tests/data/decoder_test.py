@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -128,6 +129,8 @@ def _with(example, key, values):
         feature.int64_list.value.extend(values)
     elif key in (schema.IMAGE_HEIGHT, schema.IMAGE_WIDTH):
         feature.int64_list.value[0] = values[0]
+    elif key == schema.IMAGE_ENCODED:
+        feature.bytes_list.value[0] = values[0]
     else:
         del feature.float_list.value[:]
         feature.float_list.value.extend(values)
@@ -137,21 +140,65 @@ def _with(example, key, values):
 @pytest.mark.parametrize(
     "key, values, message",
     [
-        (schema.CLASS_LABEL, [3], "box coordinates differs"),
-        (schema.BBOX_XMAX, [0.5, 0.5, 0.5], "box coordinates differs"),
-        (schema.IS_CROWD, [0, 1, 0], "image/object/is_crowd"),
-        (schema.AREA, [1.0], "image/object/area"),
-        (schema.DIFFICULT, [1], "image/object/difficult"),
-        (schema.MASK, [schema.encode_png(np.zeros([H, W], np.uint8))], "instance masks"),
-        (schema.MASK, [schema.encode_png(np.zeros([H, W + 1], np.uint8))] * 2, "mask size"),
-        (schema.IMAGE_HEIGHT, [H + 1], "image/height"),
+        (schema.CLASS_LABEL, [3], "2 ymin, 2 xmin, 2 ymax, 2 xmax for 1 class labels"),
+        (schema.BBOX_XMAX, [0.5, 0.5, 0.5], "2 ymin, 2 xmin, 2 ymax, 3 xmax for 2 class"),
+        (schema.IS_CROWD, [0, 1, 0], "3 image/object/is_crowd values for 2 objects"),
+        (schema.AREA, [1.0], "1 image/object/area values for 2 objects"),
+        (schema.DIFFICULT, [1], "1 image/object/difficult values for 2 objects"),
+        (schema.MASK, [schema.encode_png(np.zeros([H, W], np.uint8))], "1 masks for 2 boxes"),
+        (
+            schema.MASK,
+            [schema.encode_png(np.zeros([H, W + 1], np.uint8))] * 2,
+            f"mask 0 is {H}x{W + 1}, image is {H}x{W}",
+        ),
+        (schema.MASK, [b"", b"x"], "mask 0 is empty"),
+        (schema.MASK, [_png(_masks()[0])[:-20]] * 2, "mask 0 is a truncated PNG"),
+        (schema.IMAGE_HEIGHT, [H + 1], f"image/height, image/width say {H + 1}x{W}"),
+        (schema.IMAGE_ENCODED, [b""], "empty image/encoded"),
+        (schema.IMAGE_ENCODED, [b"GIF89a" + bytes(20)], "not a JPEG or PNG"),
+        (schema.IMAGE_ENCODED, [_jpeg(np.zeros([H, W, 3], np.uint8))[:-50]], "truncated JPEG"),
+        (schema.IMAGE_ENCODED, [_png(np.zeros([H, W, 3], np.uint8))[:-12]], "truncated PNG"),
     ],
 )
-def test_mismatches_raise_naming_the_source_id(key, values, message):
+def test_bad_records_raise_naming_the_source_id_and_the_problem(key, values, message):
+    # Before the shared checks, empty/truncated images and masks raised TF's anonymous
+    # "Invalid JPEG data" / "Invalid PNG data" without the record's source id.
     example = _with(_example(), key, values)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=message) as error:
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)) as error:
         decoder.decode(_serialize(example))
     assert "img-42" in str(error.value)
+
+
+def test_box_values_and_class_ids_are_left_to_decode_checked():
+    example = _with(_example(), schema.BBOX_YMIN, [float("nan"), 0.9])
+    example = _with(example, schema.CLASS_LABEL, [0, 500])
+    d = decoder.decode(_serialize(example))
+    assert np.isnan(d["groundtruth_boxes"].numpy()[0, 0])
+    np.testing.assert_array_equal(d["groundtruth_classes"].numpy(), [0, 500])
+
+
+@pytest.mark.parametrize("tail", [b"", bytes(300), b"trailing bytes"])
+def test_complete_jpeg_with_trailing_bytes_decodes(tail):
+    """A JPEG is complete when FFD9 follows its last FFDA; TF decodes trailing bytes fine."""
+    encoded = _jpeg(np.full([H, W, 3], 77, np.uint8)) + tail
+    image = decoder.decode(_serialize(_example(encoded, "jpeg")))["image"].numpy()
+    assert image.shape == (H, W, 3) and abs(int(image.mean()) - 77) <= 2
+
+
+def test_masks_holding_0_255_or_16_bit_0_1_decode_to_0_1():
+    """Item 6 of issue 9: 0/1 and 0/255 PNG masks, 8 or 16 bits, decode identically."""
+    masks = _masks()
+    variants = {
+        "0/1": [_png(m) for m in masks],
+        "0/255": [_png(m * 255) for m in masks],
+        # Decoded as uint8, a 16-bit 0/1 mask scaled to all zeros (silently empty masks).
+        "16-bit 0/1": [_png(m.astype(np.uint16)) for m in masks],
+        "16-bit 0/65535": [_png(m.astype(np.uint16) * 65535) for m in masks],
+    }
+    for name, pngs in variants.items():
+        d = decoder.decode(_serialize(_with(_example(), schema.MASK, pngs)))
+        assert d["groundtruth_instance_masks"].dtype == tf.uint8, name
+        np.testing.assert_array_equal(d["groundtruth_instance_masks"].numpy(), masks, name)
 
 
 def test_decode_inside_dataset_map_and_tf_function():

@@ -14,7 +14,7 @@ from absl import flags
 from official.vision.dataloaders import segmentation_input, tf_example_decoder
 from PIL import Image
 
-from tfcp.data import create_voc_tfrecord, decoder, schema, voc_converter
+from tfcp.data import create_voc_tfrecord, decoder, schema, validation, voc_converter
 from tfcp.data.tfrecord_io import ConversionError
 
 # (name, difficult, xmin, ymin, xmax, ymax) in VOC's 1-based inclusive pixels.
@@ -180,6 +180,7 @@ def _rewrite_xml(root, image_id, objects, **kwargs):
         ([("person", 0, "a", 1, 10, 10)], None, "is not a number"),
         ([("person", 0, 1, 1, 10, 10), ("unicorn", 0, 1, 1, 5, 5)], None, "'unicorn' is not"),
         ([("person", 0, 80, 1, 90, 10)], None, "entirely outside"),
+        ([("person", 0, 1, "nan", 10, 10)], None, "<bndbox/ymin> is not finite"),
     ],
 )
 def test_bad_xml_is_an_error_naming_the_file(tmp_path, objects, drop, message):
@@ -205,7 +206,7 @@ def test_box_partly_outside_is_clipped_and_empty_box_skipped(tmp_path):
             np.testing.assert_allclose(d["groundtruth_boxes"].numpy(), [[1 / 40, 0, 1, 1]])
 
 
-@pytest.mark.parametrize("bad", ["missing", "corrupt", "size"])
+@pytest.mark.parametrize("bad", ["missing", "corrupt", "empty", "png_without_iend", "size"])
 def test_bad_image_is_an_error_or_a_counted_skip(tmp_path, bad):
     root = _devkit(str(tmp_path))
     path = os.path.join(root, "VOC2007", "JPEGImages", "000007.jpg")
@@ -214,12 +215,17 @@ def test_bad_image_is_an_error_or_a_counted_skip(tmp_path, bad):
     elif bad == "corrupt":
         with open(path, "wb") as f:
             f.write(b"\xff\xd8\xff\xe0 not really a jpeg")
+    elif bad == "empty":
+        open(path, "wb").close()
+    elif bad == "png_without_iend":  # PIL decodes it, TensorFlow does not
+        with open(path, "wb") as f:
+            f.write(schema.encode_png(np.zeros([40, 60, 3], np.uint8))[:-12])
     else:
         Image.new("RGB", (61, 40)).save(path)
     with pytest.raises(ConversionError, match="000007"):
         _convert(root)
     _, summary, records = _convert(root, skip_bad_images=True)
-    reason = {"missing": "missing_file", "corrupt": "corrupt_file", "size": "size_mismatch"}[bad]
+    reason = {"missing": "missing_file", "size": "size_mismatch"}.get(bad, "corrupt_file")
     assert dict(summary.images_skipped) == {reason: 1}
     assert summary.images_written == 1 and len(records) == 1
 
@@ -238,6 +244,17 @@ def test_bad_segmentation_png_is_an_error(tmp_path, bad):
         _palette_png(path, labels[:-1])
     with pytest.raises(ConversionError, match="000005.png"):
         _convert(root, task="segmentation")
+
+
+def test_a_record_that_training_would_reject_is_never_written(tmp_path, monkeypatch):
+    """The last check before writing catches what slipped past the others (here a bug)."""
+    root = _devkit(str(tmp_path))
+    monkeypatch.setattr(
+        voc_converter, "normalized_box", lambda *args: ([float("nan"), 0, 1, 1], False)
+    )
+    with pytest.raises(ConversionError, match="000005.jpg") as error:
+        _convert(root)
+    assert "refusing to write a bad record: box 0 is NaN" in str(error.value)
 
 
 def test_missing_split_file_is_an_error(tmp_path):
@@ -295,6 +312,10 @@ def test_end_to_end_on_synthetic_voc(tmp_path):
     ]
     for record in records:
         d = decoder.decode(tf.constant(record), include_mask=False)
+        _, ok, reason = validation.decode_checked(
+            tf.constant(record), include_mask=False, num_classes=21
+        )
+        assert ok.numpy() and reason.numpy() == b""
         annotation = expected[d["source_id"].numpy().decode()]
         h, w = annotation.height, annotation.width
         pixels = np.round(d["groundtruth_boxes"].numpy() * [h, w, h, w] + [1, 1, 0, 0])

@@ -18,15 +18,22 @@ Conventions (the same as Model Garden's `create_coco_tf_record.py` unless noted)
 
 Bad input:
 - errors (`ConversionError` naming the JSON file and the annotation/image id): unknown
-  `image_id` or `category_id`, duplicate ids, a missing `bbox`, a box entirely outside the
-  image, a malformed segmentation, an RLE whose size is not the image size, a `file_name`
-  that is absolute or leaves `image_dir`, a JSON height/width that differs from the image
-  file, a missing or corrupt image file (unless `skip_bad_images`).
+  `image_id` or `category_id` (ids are positive: 0 is background), duplicate ids, a
+  missing or non-finite `bbox`, an `area` that is not a finite number >= 0, a box entirely
+  outside the image, a malformed segmentation, an RLE whose size is not the image size, a
+  `file_name` that is absolute or leaves `image_dir`, a JSON height/width that differs from
+  the image file, a missing or corrupt image file (unless `skip_bad_images`). Corrupt
+  includes bytes that PIL decodes but TensorFlow does not (a PNG without its IEND chunk,
+  see `tfcp.data.record_checks.encoded_image_problem`).
 - counted skips, with a warning: objects with a box of zero width or height, objects whose
   polygons all have fewer than 3 points, images with missing/corrupt files when
   `skip_bad_images`.
 - counted repairs (object written): box partly outside the image -> clipped; polygon parts
   of fewer than 3 points dropped while others remain; mask rasterizing to zero pixels.
+- so no record that training's `tfcp.data.validation.decode_checked` rejects is written:
+  masks are rasterized at the image size, one per box; boxes are finite and not inverted
+  (negative width/height counts as an empty box); class ids are the label map's. Each
+  record is checked once more with `record_checks.example_problem` before it is written.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import numpy as np
 import tensorflow as tf
 from pycocotools import mask as mask_utils
 
-from tfcp.data import schema
+from tfcp.data import record_checks, schema
 from tfcp.data.tfrecord_io import (
     ConversionError,
     ConversionSummary,
@@ -215,6 +222,13 @@ def load_coco_json(json_path: str) -> CocoDataset:
             raise _fail(json_path, what, f"bbox must be 4 finite numbers, got {bbox!r}")
         if annotation.get("iscrowd", 0) not in (0, 1):
             raise _fail(json_path, what, f"iscrowd must be 0 or 1, got {annotation['iscrowd']!r}")
+        area = annotation.get("area", 0.0)
+        if (
+            isinstance(area, bool)
+            or not isinstance(area, (int, float))
+            or not (np.isfinite(area) and area >= 0)
+        ):
+            raise _fail(json_path, what, f"area must be a finite number >= 0, got {area!r}")
         per_image[annotation["image_id"]].append(annotation)
 
     images = [
@@ -354,6 +368,9 @@ class CocoImageConverter:
             image_format, height, width = schema.verify_image(encoded)
         except ValueError as e:
             return bad("corrupt_file", f"{path}: {e}")
+        problem = record_checks.encoded_image_problem(encoded)  # e.g. a PNG without IEND
+        if problem:
+            return bad("corrupt_file", f"{path}: {problem}")
         if (height, width) != (image.height, image.width):
             return bad(
                 "size_mismatch",
@@ -432,6 +449,16 @@ class CocoImageConverter:
             areas=areas,
             masks=np.asarray(masks, np.uint8).reshape([-1, h, w]) if self.include_masks else None,
         )
+        # The last line of defence: what training's `decode_checked` would reject is never
+        # written (the checks above make each case impossible or an error of its own).
+        problem = record_checks.example_problem(
+            example, num_classes=max(self.categories, default=0) + 1
+        )
+        if problem:
+            raise ConversionError(
+                f"{self.json_path}: image id {image.image_id}: refusing to write a bad record: "
+                f"{problem}"
+            )
         result.serialized = example.SerializeToString(deterministic=True)
         result.num_objects = len(classes)
         return result

@@ -1,14 +1,18 @@
 """Decodes Model Garden TF Examples into the dict that `tfcp.ops.copy_paste` takes.
 
 Unlike Model Garden's `TfExampleDecoder`, instance masks stay uint8 (4x less memory than
-float32 at full resolution) and count mismatches fail with the record's source id.
+float32 at full resolution) and are 0/1 whatever the PNG holds (0/1 or 0/255, 8 or 16
+bits). `decode` fails fast on a bad record with its source id and what is wrong
+(`tfcp.data.record_checks`); `tfcp.data.validation.decode_checked` reports the same
+problems instead of raising. Both share this module's steps: `parse` reads the features
+once, the checks run on its output, `build` decodes.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-from tfcp.data import schema
+from tfcp.data import record_checks, schema
 
 _FEATURES = {
     schema.IMAGE_ENCODED: tf.io.FixedLenFeature((), tf.string),
@@ -36,29 +40,40 @@ def _dense(parsed, key):
     return value
 
 
-def _check(condition, message, source_id, *values):
-    """An assertion whose InvalidArgumentError names the record's source id."""
-    return tf.debugging.Assert(
-        condition, [f"{message}; source_id:", source_id, *values], summarize=16
+def parse(serialized: tf.Tensor, include_mask: bool) -> dict[str, tf.Tensor]:
+    """Reads the features of one serialized example, without decoding anything.
+
+    Args:
+      serialized: scalar string tensor, a serialized `tf.train.Example`.
+      include_mask: also read `image/object/mask`.
+
+    Returns:
+      A dict: `source_id`, `encoded` string scalars; `record_hw` int32 [2] (-1 where the
+      record has no image/height, image/width); the four box coordinates under their
+      feature keys, float32 [?] each; `classes` int64 [N] (N = number of class labels);
+      `image/object/is_crowd`, `image/object/area`, `image/object/difficult` as stored
+      ([0] when absent); `masks` string [M] if `include_mask`.
+    """
+    features = dict(_FEATURES)
+    if include_mask:
+        features.update(_MASK_FEATURE)
+    parsed = tf.io.parse_single_example(serialized, features)
+    fields = {key: _dense(parsed, key) for key in record_checks.COORDS + record_checks.OPTIONAL}
+    fields["source_id"] = parsed[schema.IMAGE_SOURCE_ID]
+    fields["encoded"] = parsed[schema.IMAGE_ENCODED]
+    fields["record_hw"] = tf.cast(
+        tf.stack([parsed[schema.IMAGE_HEIGHT], parsed[schema.IMAGE_WIDTH]]), tf.int32
     )
+    fields["classes"] = _dense(parsed, schema.CLASS_LABEL)
+    if include_mask:
+        fields["masks"] = _dense(parsed, schema.MASK)
+    return fields
 
 
-def _per_object(parsed, key, num, dtype):
-    """Per-object optional feature: (values, check op); zeros when the record has none."""
-    values = _dense(parsed, key)
-    values = tf.cond(
-        tf.size(values) > 0,
-        lambda: tf.cast(values, dtype),
-        lambda: tf.zeros([num], dtype),
-    )
-    check = _check(
-        tf.equal(tf.size(values), num),
-        f"{key}: number of values differs from the number of objects",
-        parsed[schema.IMAGE_SOURCE_ID],
-        tf.size(values),
-        num,
-    )
-    return values, check
+def _assert_ok(problems, source_id):
+    """An assertion whose InvalidArgumentError names the record's source id and the problem."""
+    ok, reason = record_checks.first_problem(problems)
+    return tf.debugging.Assert(ok, ["bad record; source_id:", source_id, reason])
 
 
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:
@@ -72,6 +87,8 @@ def decode_masks(
     pngs: tf.Tensor, height: tf.Tensor, width: tf.Tensor, source_id: tf.Tensor | str = ""
 ) -> tf.Tensor:
     """Decodes PNG masks to uint8 0/1 masks of the image size.
+
+    Any non-zero pixel is foreground: 0/1 and 0/255 masks, 8 or 16 bits, decode alike.
 
     Args:
       pngs: string [N], PNG-encoded masks.
@@ -87,23 +104,64 @@ def decode_masks(
     """
 
     def _decode(png):
-        mask = tf.io.decode_png(png, channels=1)
-        check = _check(
+        # A 16-bit PNG decodes as uint16: uint8 would scale its 0/1 down to all zeros.
+        header = tf.strings.join([tf.strings.substr(png, 0, 25), b"\0" * 25])
+        mask = tf.cond(
+            tf.equal(tf.strings.substr(header, 24, 1), b"\x10"),  # IHDR bit depth
+            lambda: tf.cast(tf.io.decode_png(png, channels=1, dtype=tf.uint16) > 0, tf.uint8),
+            lambda: tf.cast(tf.io.decode_png(png, channels=1) > 0, tf.uint8),
+        )
+        check = tf.debugging.Assert(
             tf.reduce_all(tf.equal(tf.shape(mask)[:2], tf.stack([height, width]))),
-            "instance mask size differs from the image size",
-            source_id,
-            tf.shape(mask),
-            height,
-            width,
+            ["instance mask size differs from the image size; source_id:", source_id]
+            + [tf.shape(mask), height, width],
         )
         with tf.control_dependencies([check]):
-            return tf.cast(mask[:, :, 0] > 0, tf.uint8)
+            return mask[:, :, 0]
 
     return tf.cond(
         tf.size(pngs) > 0,
         lambda: tf.map_fn(_decode, pngs, fn_output_signature=tf.TensorSpec([None, None], tf.uint8)),
         lambda: tf.zeros([0, height, width], tf.uint8),
     )
+
+
+def build(fields: dict[str, tf.Tensor], image: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The decoded example from a record without problems and its decoded image.
+
+    Args:
+      fields: `parse` output without `record_checks.structure_problems` (counts agree).
+      image: uint8 [H, W, 3], `decode_image(fields['encoded'])`.
+
+    Returns:
+      The `decode` output (see there).
+    """
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    ymin, xmin, ymax, xmax = (fields[key] for key in record_checks.COORDS)
+    classes = fields["classes"]
+    num = tf.size(classes)
+
+    def _optional(key, dtype, default):
+        values = fields[key]
+        return tf.cond(tf.size(values) > 0, lambda: tf.cast(values, dtype), lambda: default)
+
+    box_area = (ymax - ymin) * (xmax - xmin) * tf.cast(height * width, tf.float32)
+    decoded = {
+        "source_id": fields["source_id"],
+        "image": image,
+        "height": height,
+        "width": width,
+        "groundtruth_boxes": tf.stack([ymin, xmin, ymax, xmax], axis=-1),
+        "groundtruth_classes": classes,
+        "groundtruth_is_crowd": _optional(schema.IS_CROWD, tf.bool, tf.zeros([num], tf.bool)),
+        "groundtruth_area": _optional(schema.AREA, tf.float32, box_area),
+        "groundtruth_difficult": _optional(schema.DIFFICULT, tf.bool, tf.zeros([num], tf.bool)),
+    }
+    if "masks" in fields:
+        decoded["groundtruth_instance_masks"] = decode_masks(
+            fields["masks"], height, width, fields["source_id"]
+        )
+    return decoded
 
 
 def decode(serialized: tf.Tensor, include_mask: bool = True) -> dict[str, tf.Tensor]:
@@ -125,93 +183,21 @@ def decode(serialized: tf.Tensor, include_mask: bool = True) -> dict[str, tf.Ten
         - `groundtruth_difficult`: bool [N] (false where the record has none).
         - `groundtruth_instance_masks`: uint8 0/1 [N, H, W] if `include_mask`.
     Raises:
-      tf.errors.InvalidArgumentError: when per-object counts disagree, or the image, the
-        record's image/height, image/width and the masks disagree on the size; the
-        message carries the record's source id.
+      tf.errors.InvalidArgumentError: "bad record; source_id: <id> <reason>" when the image
+        or a mask is empty, not a JPEG/PNG or truncated, per-object counts disagree, or the
+        image, the record's image/height, image/width and the masks disagree on the size
+        (`record_checks.REASONS`). Box values and class ids are not checked here
+        (`validation.decode_checked` does).
     """
-    features = dict(_FEATURES)
-    if include_mask:
-        features.update(_MASK_FEATURE)
-    parsed = tf.io.parse_single_example(serialized, features)
-    source_id = parsed[schema.IMAGE_SOURCE_ID]
-    image = decode_image(parsed[schema.IMAGE_ENCODED])
-    height = tf.shape(image)[0]
-    width = tf.shape(image)[1]
-    record_hw = tf.cast(
-        tf.stack([parsed[schema.IMAGE_HEIGHT], parsed[schema.IMAGE_WIDTH]]), tf.int32
-    )
-    checks = [
-        _check(
-            tf.reduce_all(
-                tf.logical_or(tf.equal(record_hw, -1), tf.equal(record_hw, [height, width]))
-            ),
-            "image/height, image/width differ from the decoded image size",
-            source_id,
-            record_hw,
-            tf.shape(image),
-        )
-    ]
-    ymin, xmin, ymax, xmax = (
-        _dense(parsed, k)
-        for k in (schema.BBOX_YMIN, schema.BBOX_XMIN, schema.BBOX_YMAX, schema.BBOX_XMAX)
-    )
-    classes = _dense(parsed, schema.CLASS_LABEL)
-    num = tf.shape(classes)[0]
-    sizes = tf.stack([tf.size(ymin), tf.size(xmin), tf.size(ymax), tf.size(xmax)])
-    checks.append(
-        _check(
-            tf.reduce_all(tf.equal(sizes, num)),
-            "number of box coordinates differs from the number of class labels",
-            source_id,
-            sizes,
-            num,
-        )
-    )
-    with tf.control_dependencies(checks):
-        boxes = tf.stack([ymin, xmin, ymax, xmax], axis=-1)
-    box_area = (ymax - ymin) * (xmax - xmin) * tf.cast(height * width, tf.float32)
-    area = _dense(parsed, schema.AREA)
-    with tf.control_dependencies(checks):
-        area = tf.cond(tf.size(area) > 0, lambda: area, lambda: box_area)
-    checks.append(
-        _check(
-            tf.equal(tf.size(area), num),
-            "image/object/area count differs from the number of objects",
-            source_id,
-            tf.size(area),
-            num,
-        )
-    )
-    is_crowd, check = _per_object(parsed, schema.IS_CROWD, num, tf.int64)
-    checks.append(check)
-    difficult, check = _per_object(parsed, schema.DIFFICULT, num, tf.int64)
-    checks.append(check)
-    decoded = {
-        "source_id": source_id,
-        "image": image,
-        "height": height,
-        "width": width,
-        "groundtruth_boxes": boxes,
-        "groundtruth_classes": classes,
-        "groundtruth_is_crowd": tf.cast(is_crowd, tf.bool),
-        "groundtruth_area": area,
-        "groundtruth_difficult": tf.cast(difficult, tf.bool),
-    }
-    if include_mask:
-        masks = decode_masks(_dense(parsed, schema.MASK), height, width, source_id)
-        checks.append(
-            _check(
-                tf.reduce_all(tf.equal(tf.shape(masks), tf.stack([num, height, width]))),
-                "instance masks [N, H, W] do not match the objects and the image size",
-                source_id,
-                tf.shape(masks),
-                num,
-                height,
-                width,
-            )
-        )
-        decoded["groundtruth_instance_masks"] = masks
-    with tf.control_dependencies(checks):
+    fields = parse(serialized, include_mask)
+    problems = record_checks.structure_problems(fields, check_values=False)
+    check = _assert_ok(problems, fields["source_id"])
+    with tf.control_dependencies([check]):
+        image = decode_image(fields["encoded"])
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    check = _assert_ok(record_checks.size_problems(fields, height, width), fields["source_id"])
+    with tf.control_dependencies([check]):
+        decoded = build(fields, image)
         return {k: tf.identity(v) for k, v in decoded.items()}
 
 
@@ -232,12 +218,15 @@ def decode_segmentation(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     parsed = tf.io.parse_single_example(serialized, features)
     image = decode_image(parsed[schema.IMAGE_ENCODED])
     label = tf.io.decode_png(parsed[schema.SEGMENTATION_ENCODED], channels=1)
-    check = _check(
+    check = tf.debugging.Assert(
         tf.reduce_all(tf.equal(tf.shape(label)[:2], tf.shape(image)[:2])),
-        "segmentation label size differs from the image size",
-        parsed[schema.IMAGE_SOURCE_ID],
-        tf.shape(label),
-        tf.shape(image),
+        [
+            "segmentation label size differs from the image size; source_id:",
+            parsed[schema.IMAGE_SOURCE_ID],
+            tf.shape(label),
+            tf.shape(image),
+        ],
+        summarize=16,
     )
     with tf.control_dependencies([check]):
         label = tf.identity(label)

@@ -25,8 +25,12 @@ Bad input:
   another size than the image or values outside 0..20 and 255, a missing split file or
   XML, a missing or corrupt image file (unless `skip_bad_images`).
 - counted skips with a warning: boxes with `xmax < xmin` or `ymax < ymin`; images with a
-  missing/corrupt file or wrong size when `skip_bad_images`.
+  missing/corrupt file or wrong size when `skip_bad_images`. Corrupt includes bytes that
+  PIL decodes but TensorFlow does not (`tfcp.data.record_checks.encoded_image_problem`).
 - counted repairs: boxes partly outside the image are clipped to it.
+- so no record that training's `tfcp.data.validation.decode_checked` rejects is written
+  (finite, non-inverted boxes; class ids 1..20); each record is checked once more with
+  `record_checks.example_problem` before it is written.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from tfcp.data import schema
+from tfcp.data import record_checks, schema
 from tfcp.data.tfrecord_io import (
     ConversionError,
     ConversionSummary,
@@ -233,6 +237,9 @@ class VocConverter:
             image_format, height, width = schema.verify_image(encoded)
         except ValueError as e:
             return self._skip(item, "corrupt_file", f"{image_path}: {e}")
+        problem = record_checks.encoded_image_problem(encoded)  # e.g. a PNG without IEND
+        if problem:
+            return self._skip(item, "corrupt_file", f"{image_path}: {problem}")
         if annotation is not None and (annotation.height, annotation.width) != (height, width):
             return self._skip(
                 item,
@@ -279,6 +286,11 @@ class VocConverter:
                 difficult=difficult,
             )
             result.num_objects = len(classes)
+        # The last line of defence: what training's `decode_checked` would reject is never
+        # written (the checks above make each case impossible or an error of its own).
+        problem = record_checks.example_problem(example, num_classes=len(VOC_CLASSES) + 1)
+        if problem:
+            raise ConversionError(f"{image_path}: refusing to write a bad record: {problem}")
         result.serialized = example.SerializeToString(deterministic=True)
         return result
 
