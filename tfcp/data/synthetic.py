@@ -13,6 +13,9 @@ the converters and evaluators are exercised on the formats they will meet:
   `JPEGImages`, `Annotations` (VOC XML, 1-based inclusive pixel boxes), `SegmentationClass`
   and `SegmentationObject` palette PNGs (VOC colormap, 255 void borders), `ImageSets/Main`
   (split lists and per-class `<class>_<split>.txt`) and `ImageSets/Segmentation`.
+* LVIS v1: `D/train2017`, `D/val2017`, `D/annotations/lvis_v1_{train,val}.json` with
+  long-tailed categories (rare/common/frequent as LVIS counts them); see
+  `tfcp.data.synthetic_lvis`.
 
 Every image is rendered from its own `numpy.random.Generator` seeded with (seed, dataset,
 split, index), so the same arguments give byte-identical files.
@@ -20,6 +23,8 @@ split, index), so the same arguments give byte-identical files.
 Usage:
   python -m tfcp.data.synthetic --output_dir=/tmp/coco --format=coco \
       [--num_train=64 --num_val=16 --image_size=256 --seed=0]
+  python -m tfcp.data.synthetic --output_dir=/tmp/lvis --format=lvis \
+      [--num_train=300 --num_val=50 --image_size=128 --seed=0]
 """
 
 from __future__ import annotations
@@ -310,16 +315,21 @@ def write_coco(
 
 
 FLAGS = flags.FLAGS
+# (num_train, num_val, image_size) when the flags are not given. LVIS needs > 100 training
+# images for its 'frequent' group to exist.
+_SIZE_DEFAULTS = {"coco": (64, 16, 256), "voc": (64, 16, 256), "lvis": (300, 50, 128)}
 
 
 def define_flags() -> None:
     flags.DEFINE_string("output_dir", None, "Root directory of the generated dataset.")
-    flags.DEFINE_enum("format", "coco", ["coco", "voc"], "Dataset file format.")
-    flags.DEFINE_integer("num_train", 64, "Training images (per VOC year).")
-    flags.DEFINE_integer("num_val", 16, "Validation images (per VOC year; also VOC2007 test).")
-    flags.DEFINE_integer("image_size", 256, "Longer image side in pixels.")
+    flags.DEFINE_enum("format", "coco", ["coco", "voc", "lvis"], "Dataset file format.")
+    flags.DEFINE_integer("num_train", None, "Training images (per VOC year). Default 64, LVIS 300.")
+    flags.DEFINE_integer(
+        "num_val", None, "Validation images (per VOC year; also VOC2007 test). Default 16, LVIS 50."
+    )
+    flags.DEFINE_integer("image_size", None, "Longer image side in pixels. Default 256, LVIS 128.")
     flags.DEFINE_integer("seed", 0, "Random seed; same flags -> byte-identical files.")
-    flags.DEFINE_float("mean_instances", 6.0, "Mean objects drawn per image.")
+    flags.DEFINE_float("mean_instances", 6.0, "Mean objects drawn per image (not for LVIS).")
     flags.DEFINE_integer("max_instances", 15, "Most objects drawn per image.")
     flags.mark_flag_as_required("output_dir")
 
@@ -329,17 +339,26 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     start = time.perf_counter()
     stats: dict[str, int] = {}
-    writer = write_coco if FLAGS.format == "coco" else write_voc
-    paths = writer(
-        FLAGS.output_dir,
-        FLAGS.num_train,
-        FLAGS.num_val,
-        FLAGS.image_size,
-        FLAGS.seed,
-        mean_instances=FLAGS.mean_instances,
-        max_instances=FLAGS.max_instances,
-        stats=stats,
-    )
+    sizes = [
+        default if value is None else value
+        for value, default in zip(
+            (FLAGS.num_train, FLAGS.num_val, FLAGS.image_size),
+            _SIZE_DEFAULTS[FLAGS.format],
+            strict=True,
+        )
+    ]
+    kwargs = dict(max_instances=FLAGS.max_instances, stats=stats)
+    if FLAGS.format == "lvis":
+        # Imported here: synthetic_lvis imports this module's polygon encoders.
+        from tfcp.data.synthetic_lvis import write_lvis
+
+        if FLAGS["mean_instances"].present:
+            raise app.UsageError("--mean_instances does not apply to --format=lvis")
+        writer = write_lvis
+    else:
+        writer = write_coco if FLAGS.format == "coco" else write_voc
+        kwargs["mean_instances"] = FLAGS.mean_instances
+    paths = writer(FLAGS.output_dir, *sizes, FLAGS.seed, **kwargs)
     summary = {
         "format": FLAGS.format,
         "paths": paths,
