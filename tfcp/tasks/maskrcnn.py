@@ -34,6 +34,7 @@ class MaskRCNNTask(base.Task):
         loss_config: losses.MaskRCNNLossConfig | None = None,
         init_checkpoint_modules: tuple[str, ...] = ("backbone", "decoder"),
         num_sample_images: int = 4,
+        evaluator: str = "coco",
     ):
         """Creates the task.
 
@@ -46,7 +47,13 @@ class MaskRCNNTask(base.Task):
           init_checkpoint_modules: what `initialize` restores: ('backbone',) or
             ('backbone', 'decoder').
           num_sample_images: how many images `sample_images` draws.
+          evaluator: 'coco' (`tfcp.evaluation.coco.CocoEvaluator`: box_AP ... box_ARl) or
+            'lvis' (`tfcp.evaluation.lvis.LvisEvaluator`, federated LVIS v1 evaluation with
+            at most 300 detections per image: box_AP ... box_APr, box_APc, box_APf, box_AR ...;
+            `annotation_file` must then be LVIS v1 JSON). `mask_` metrics too with masks.
         """
+        if evaluator not in ("coco", "lvis"):
+            raise ValueError(f"MaskRCNNTask.evaluator must be 'coco' or 'lvis', got {evaluator!r}")
         unknown = set(init_checkpoint_modules) - {"backbone", "decoder"}
         if "backbone" not in init_checkpoint_modules or unknown:
             raise ValueError(
@@ -58,6 +65,7 @@ class MaskRCNNTask(base.Task):
         self._loss_config = loss_config or losses.MaskRCNNLossConfig()
         self._init_modules = tuple(init_checkpoint_modules)
         self._num_sample_images = num_sample_images
+        self._evaluator_kind = evaluator
         self._evaluator = None
         self._include_mask = True
 
@@ -171,9 +179,13 @@ class MaskRCNNTask(base.Task):
                 "MaskRCNNTask.annotation_file (macro EVAL_ANNOTATIONS) is required for evaluation"
             )
         if self._evaluator is None:
-            from tfcp.evaluation import coco  # noqa: PLC0415 - pycocotools only for eval
+            # pycocotools only for eval
+            from tfcp.evaluation import coco, lvis  # noqa: PLC0415
 
-            self._evaluator = coco.CocoEvaluator(
+            evaluator_class = {"coco": coco.CocoEvaluator, "lvis": lvis.LvisEvaluator}[
+                self._evaluator_kind
+            ]
+            self._evaluator = evaluator_class(
                 self._annotation_file, include_mask=self._include_mask
             )
         self._evaluator.reset()
