@@ -13,6 +13,7 @@ $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps --target $(VENV)/lvis_ref lvis==0.5.3
 	touch $(STAMP)
 
 install: $(STAMP)

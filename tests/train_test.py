@@ -171,6 +171,10 @@ class MaskRCNNDemoTest(unittest.TestCase):
     """The demo config trains and evaluates Mask R-CNN end to end (tiny generated COCO)."""
 
     def test_demo_train_and_eval_writes_coco_metrics(self):
+        """Also: bad training records are skipped, named and counted (on_bad_record='skip'),
+        and config.gin holds the eval pipeline's bindings after the evaluation."""
+        import bad_records
+
         from tfcp.data import coco_converter, synthetic
 
         tmp = tempfile.mkdtemp()
@@ -186,17 +190,21 @@ class MaskRCNNDemoTest(unittest.TestCase):
         annotations = os.path.join(coco, "annotations", "instances_val2017.json")
         with open(annotations) as f:
             num_classes = max(c["id"] for c in json.load(f)["categories"]) + 1
+        bad = bad_records.write_records(
+            os.path.join(tmp, "bad.tfrecord"), bad_records.KINDS, num_classes=num_classes
+        )
         model_dir = os.path.join(tmp, "model")
+        bindings = [
+            f"TRAIN_FILES='{coco}/train*.tfrecord,{bad.path}'",
+            f"EVAL_FILES='{coco}/val*.tfrecord'",
+            f"EVAL_ANNOTATIONS='{annotations}'",
+            f"NUM_CLASSES={num_classes}",
+            "TRAIN_STEPS=3",
+        ]
         result = run_train(
             model_dir,
             ["demo/maskrcnn_tiny_copy_paste.gin"],
-            [
-                f"TRAIN_FILES='{coco}/train*.tfrecord'",
-                f"EVAL_FILES='{coco}/val*.tfrecord'",
-                f"EVAL_ANNOTATIONS='{annotations}'",
-                f"NUM_CLASSES={num_classes}",
-                "TRAIN_STEPS=3",
-            ],
+            bindings + ["train/build_dataset.on_bad_record='skip'"],
             mode="train_and_eval",
             timeout=1200,
         )
@@ -208,3 +216,25 @@ class MaskRCNNDemoTest(unittest.TestCase):
         for key in ("box_AP", "box_AP50", "mask_AP", "mask_AP50"):
             self.assertIn(key, metrics)
         self.assertEqual(tf.train.latest_checkpoint(model_dir), f"{model_dir}/ckpt-3")
+        # Every bad kind was named in a warning and counted (an epoch is 3 good records).
+        for index in bad.bad_indices:
+            self.assertIn(
+                f"skipping bad record {bad.path}:{index} (source_id {bad.source_ids[index]}): "
+                f"{bad.reasons[index]}",
+                result.stderr,
+            )
+        self.assertGreaterEqual(metrics["bad_records_skipped"], len(bad.bad_indices))
+        with open(os.path.join(model_dir, "config.gin")) as f:
+            config = f.read()
+        self.assertIn("eval/build_dataset.file_pattern", config)  # rewritten after eval
+
+        # Fail fast (the default): the run stops naming the first bad record, no traceback.
+        result = run_train(
+            os.path.join(tmp, "model_raise"),
+            ["demo/maskrcnn_tiny_copy_paste.gin"],
+            [*bindings[:1], *bindings[2:], f"TRAIN_FILES='{bad.path}'"],
+            timeout=1200,
+        )
+        self.assertEqual(result.returncode, 1, result.stderr[-3000:])
+        self.assertRegex(result.stderr, rf"ERROR: bad record {bad.path}:\d+ \(source_id ")
+        self.assertNotIn("Traceback", result.stderr)

@@ -14,6 +14,7 @@ import sys
 from absl import app, flags, logging
 
 from tfcp import distribute_utils, gin_utils, trainer
+from tfcp.data import record_policy
 
 PREEMPTED_EXIT_CODE = 143
 
@@ -43,7 +44,7 @@ def main(argv):
             gin_bindings=FLAGS.gin_bindings,
             strategy=strategy,
         )
-    except (FileNotFoundError, trainer.NonFiniteLossError) as e:
+    except (FileNotFoundError, trainer.NonFiniteLossError, record_policy.BadRecordError) as e:
         logging.error("%s", e)
         sys.exit(f"ERROR: {e}")
     if result == trainer.PREEMPTED:

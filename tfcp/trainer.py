@@ -19,6 +19,7 @@ import tf_keras
 from absl import logging
 
 from tfcp import checkpointing, distribute_utils, eval_loop, optimization, summaries, train_loop
+from tfcp.data import record_policy
 
 MODES = ("train", "eval", "train_and_eval")
 PREEMPTED = "preempted"
@@ -111,6 +112,7 @@ class Trainer:
         self._stop_requested = False
 
         self.strategy = strategy or distribute_utils.build_strategy()
+        record_policy.skipped_counter()  # created outside the strategy's scope
         mixed_precision = distribute_utils.resolve_mixed_precision(mixed_precision, self.strategy)
         self._mixed_precision = mixed_precision
         tf_keras.mixed_precision.set_global_policy(mixed_precision)
@@ -266,7 +268,13 @@ class Trainer:
                 )
                 if evaluate and self.eval_interval:
                     num_steps = min(num_steps, self.eval_interval - step % self.eval_interval)
-                loss_sums, images = loop(iterator, tf.constant(num_steps, tf.int32))
+                try:
+                    loss_sums, images = loop(iterator, tf.constant(num_steps, tf.int32))
+                except tf.errors.InvalidArgumentError as e:
+                    bad = record_policy.as_bad_record_error(e)
+                    if bad is None:
+                        raise
+                    raise bad from None
                 acc.add(loss_sums.numpy(), float(images), num_steps)
                 bad_step = int(self._bad_step.numpy())
                 if bad_step >= 0:
@@ -310,6 +318,10 @@ class Trainer:
         )
         scalars = dict(losses)
         scalars.update(learning_rate=lr, steps_per_sec=steps_per_sec, images_per_sec=images_per_sec)
+        skipped = record_policy.skipped_count()
+        if skipped:
+            logging.warning("%d bad training record(s) skipped so far (named above).", skipped)
+            scalars["bad_records_skipped"] = skipped
         writer.scalars(step, scalars)
         acc.reset()
 
@@ -343,6 +355,8 @@ class Trainer:
             gather=distribute_utils.num_workers(self.strategy) > 1,
             image_summaries=self.image_summaries,
         )
+        if record_policy.skipped_count():  # on_bad_record='skip' dropped some records
+            metrics = dict(metrics, bad_records_skipped=record_policy.skipped_count())
         record = {"step": int(step), **metrics}
         if self.chief:
             writer = summaries.SummaryWriter(os.path.join(self.model_dir, "eval"))

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import gin
 import tensorflow as tf
 
-from tfcp.data import decoder, records, sampling, targets
+from tfcp.data import decoder, record_policy, records, sampling, targets
 from tfcp.ops import copy_paste as copy_paste_lib
 from tfcp.ops import scale_jitter
 
@@ -100,6 +100,8 @@ def build_dataset(
     keep_is_pasted: bool = False,
     start_step: int = 0,
     repeat_factor_threshold: float | None = None,
+    on_bad_record: str = "raise",
+    num_classes: int | None = None,
 ) -> tf.data.Dataset:
     """Builds the Mask R-CNN training or eval dataset.
 
@@ -141,6 +143,11 @@ def build_dataset(
       start_step: training: the global step the stream starts at (a resumed run's
         checkpoint step): the batches are exactly those an uninterrupted run gets from
         that step on, and starting costs the same at any step.
+      on_bad_record: training: 'raise' stops at the first bad record naming it (file,
+        index, source_id, what is wrong); 'skip' drops and counts bad records, each named
+        in a warning (`tfcp.data.record_policy`).
+      num_classes: training: class ids must be in [1, num_classes) (bound to NUM_CLASSES by
+        the model configs); None checks ids >= 1 only.
       repeat_factor_threshold: training: t of repeat factor sampling (LVIS: 0.001), None
         = off. Per-record factors come from the records' categories
         (`tfcp.data.sampling`); targets and pasted sources both come from the resampled
@@ -202,11 +209,9 @@ def build_dataset(
     keep_is_pasted = keep_is_pasted and paste
 
     @_no_autograph
-    def decode_views(index, record_name, serialized):
-        del record_name
+    def decode_views(index, decoded):
         example_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
         seeds = tf.random.experimental.stateless_split(example_seed, 3)
-        decoded = decoder.decode(serialized, include_mask=include_mask or paste)
         target = scale_jitter.scale_jitter(
             decoded,
             seeds[0],
@@ -285,6 +290,13 @@ def build_dataset(
             outputs.append(make_targets(example, example_seeds[k]))
         return tf.nest.map_structure(lambda a, b: tf.stack([a, b]), outputs[0], outputs[1])
 
+    dataset = record_policy.decode_stage(
+        dataset,
+        on_bad_record=on_bad_record,
+        include_mask=include_mask or paste,
+        num_classes=num_classes,
+        num_parallel_calls=num_parallel_calls,
+    )
     dataset = dataset.map(decode_views, num_parallel_calls=num_parallel_calls, deterministic=True)
     if paste:
         dataset = dataset.ragged_batch(2, drop_remainder=True)

@@ -1,0 +1,113 @@
+"""What a training pipeline does with a bad record: fail naming it, or skip and count it.
+
+`decode_stage` turns the record reader's `(position, record_name, serialized)` stream into
+`(position, decoded example)` with `tfcp.data.validation.decode_checked`:
+
+- `on_bad_record='raise'` (default): the first bad record stops the input with
+  `InvalidArgumentError: bad record /path/train-00003-of-00008.tfrecord:17 (source_id 42):
+  2 masks for 3 boxes ...`, naming the file, the record's index in it and what is wrong.
+- `on_bad_record='skip'`: bad records are dropped; each is printed to stderr as a warning
+  with the same words, and counted in a process-wide counter (`skipped_count`) that the
+  trainer logs, writes to TensorBoard (`bad_records_skipped`) and to metrics.json.
+  Resume stays exact up to the skipped records: the resumed stream starts at the position
+  the step implies, so it repeats as many records as were skipped before that point.
+
+Limits (see `tfcp.data.validation`): a record that is not a tf.train.Example, or an image
+whose bytes are complete but corrupt inside, still raises TF's own decode error.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import tensorflow as tf
+
+from tfcp.data import validation
+
+POLICIES = ("raise", "skip")
+_HINT = " (train/build_dataset.on_bad_record = 'skip' skips and counts bad records)"
+_counter: tf.Variable | None = None
+
+
+class BadRecordError(ValueError):
+    """A training record failed validation (the message names it and says why)."""
+
+
+def as_bad_record_error(error: tf.errors.OpError) -> BadRecordError | None:
+    """The `BadRecordError` an input-pipeline error stands for, or None if it is another."""
+    match = re.search(r"bad record .*?skips and counts bad records\)", error.message, re.S)
+    # Assert's message prints its data like a Python string literal: quotes come escaped.
+    return BadRecordError(match.group(0).replace("\\'", "'")) if match else None
+
+
+def skipped_counter() -> tf.Variable:
+    """The process-wide int64 count of skipped bad records (created on first use)."""
+    global _counter
+    if _counter is None:
+        with tf.init_scope():
+            _counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_records_skipped")
+    return _counter
+
+
+def skipped_count() -> int:
+    """Bad training records skipped so far by this process's pipelines."""
+    return 0 if _counter is None else int(_counter.numpy())
+
+
+def decode_stage(
+    dataset: tf.data.Dataset,
+    *,
+    on_bad_record: str,
+    include_mask: bool,
+    num_classes: int | None,
+    num_parallel_calls: int,
+) -> tf.data.Dataset:
+    """Decodes and checks records: `(position, name, serialized)` -> `(position, decoded)`.
+
+    Args:
+      dataset: the record reader's training stream (`tfcp.data.records.train_records`).
+      on_bad_record: 'raise' or 'skip' (see the module doc).
+      include_mask: decode the instance masks.
+      num_classes: class ids must be in [1, num_classes); None checks ids >= 1 only.
+      num_parallel_calls: parallelism of the decode map.
+
+    Returns:
+      A dataset of `(position int64 [], decoded dict)`, `decoded` as `decoder.decode`'s.
+
+    Raises:
+      ValueError: an unknown policy.
+    """
+    if on_bad_record not in POLICIES:
+        raise ValueError(f"on_bad_record must be one of {POLICIES}, got {on_bad_record!r}")
+    hint = tf.constant(_HINT)
+
+    def check(position, record_name, serialized):
+        decoded, ok, reason = validation.decode_checked(
+            serialized, include_mask=include_mask, num_classes=num_classes
+        )
+        message = validation.format_error(record_name, decoded, reason)
+        return position, decoded, ok, message
+
+    dataset = dataset.map(check, num_parallel_calls=num_parallel_calls, deterministic=True)
+    if on_bad_record == "raise":
+
+        def fail_on_bad(position, decoded, ok, message):
+            assertion = tf.debugging.Assert(ok, [tf.strings.join([message, hint])], summarize=1)
+            with tf.control_dependencies([assertion]):
+                return tf.identity(position), decoded
+
+        return dataset.map(fail_on_bad)
+    counter = skipped_counter()
+
+    def report(position, decoded, ok, message):
+        def skip():
+            warn = tf.print("WARNING: skipping", message, output_stream=sys.stderr)
+            with tf.control_dependencies([warn]):
+                counted = counter.assign_add(1)
+            with tf.control_dependencies([counted]):
+                return tf.constant(False)
+
+        return tf.cond(ok, lambda: tf.constant(True), skip)
+
+    return dataset.filter(report).map(lambda position, decoded, ok, message: (position, decoded))
