@@ -6,6 +6,8 @@ Converters describe each image as a picklable work item and give a picklable
 `multiprocessing` pool, and writes the serialized examples in the main process, in item
 order: the output is identical for any number of workers. Shards are written to temporary
 files and renamed when all succeeded, so a failed run leaves no partial shard behind.
+Beside each shard, `<shard>.classes.json` lists every record's category ids, which repeat
+factor sampling reads instead of parsing the shard (`tfcp.data.sampling`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import tensorflow as tf
+
+from tfcp.data import sampling, schema
 
 SHARD_PATTERN = "{prefix}-{index:05d}-of-{num_shards:05d}.tfrecord"
 
@@ -237,6 +241,7 @@ def write_sharded(
     summary = ConversionSummary(shard_paths=paths, shard_sizes=[0] * num_shards)
     temp_paths = [p + ".incomplete" for p in paths]
     writers = [tf.io.TFRecordWriter(p) for p in temp_paths]
+    shard_classes = [[] for _ in paths]
     progress = Progress(len(items), name=name, stream=progress_stream)
     start = time.monotonic()
     pool = None
@@ -257,6 +262,7 @@ def write_sharded(
                 if converted.serialized is not None:
                     writers[shard].write(converted.serialized)
                     summary.shard_sizes[shard] += 1
+                    shard_classes[shard].append(_class_ids(converted.serialized))
             progress.update(len(converted_chunk))
         if pool is not None:
             pool.close()
@@ -274,11 +280,18 @@ def write_sharded(
         raise
     for writer in writers:
         writer.close()
-    for temp, final in zip(temp_paths, paths, strict=True):
+    for temp, final, classes in zip(temp_paths, paths, shard_classes, strict=True):
         tf.io.gfile.rename(temp, final, overwrite=True)
+        sampling.write_classes_sidecar(final, classes)
     progress.close()
     summary.seconds = time.monotonic() - start
     return summary
+
+
+def _class_ids(serialized: bytes) -> list[int]:
+    """The category ids of a serialized Model Garden TF Example."""
+    example = tf.train.Example.FromString(serialized)
+    return list(example.features.feature[schema.CLASS_LABEL].int64_list.value)
 
 
 class _ChunkRunner:
