@@ -427,14 +427,15 @@ def test_end_to_end_on_synthetic_coco(tmp_path):
         for mask, annotation in zip(masks, annotations, strict=True):
             np.testing.assert_array_equal(mask, coco.annToMask(annotation))
     assert seen == set(coco.imgs)
-    # The .classes.json sidecars (repeat factor sampling) equal the records' labels.
+    # The category sidecars (repeat factor sampling) equal the records' labels.
     from tfcp.data import sampling
 
     shards = sorted(str(p) for p in (tmp_path / "out").glob("train-*.tfrecord"))
-    assert all(os.path.exists(s + sampling.SIDECAR_SUFFIX) for s in shards)
+    assert len(shards) == 2  # record globs do not match the sidecars
+    assert all(os.path.exists(sampling.sidecar_path(s)) for s in shards)
     from_sidecars = sampling.record_classes(shards)
     for shard, classes in zip(shards, from_sidecars, strict=True):
-        os.remove(shard + sampling.SIDECAR_SUFFIX)
+        os.remove(sampling.sidecar_path(shard))
         parsed = sampling.record_classes([shard])[0]
         assert [list(x) for x in classes] == [list(x) for x in parsed]
 

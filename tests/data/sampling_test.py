@@ -63,9 +63,9 @@ class RepeatFactorTest(tf.test.TestCase):
         self.assertAllEqual(from_sidecar[0][0], [1, 3])
         factors = sampling.file_repeat_factors([a, b], threshold=0.5)
         self.assertEqual([len(f) for f in factors], [4, 2])
-        with open(a + sampling.SIDECAR_SUFFIX, "w") as f:
+        with open(sampling.sidecar_path(a), "w") as f:
             json.dump({"num_records": 3, "classes": [[1], [2], [3]]}, f)
-        with self.assertRaisesRegex(ValueError, "a.tfrecord.classes.json lists 3 records"):
+        with self.assertRaisesRegex(ValueError, "a.tfrecord.json lists 3 records"):
             sampling.record_classes([a])
 
 

@@ -6,14 +6,16 @@ fraction of training images that contain c, and image i gets r_i = max over its 
 then repeats record i floor(r_i) times per epoch, plus once more with probability
 frac(r_i), seeded by (seed, epoch, record).
 
-The categories of each record are read from a sidecar `<file>.classes.json` when the
-converter wrote one (`write_classes_sidecar`), else from the records themselves in one pass
+The categories of each record are read from a sidecar `.tfcp_classes/<file name>.json`
+beside the file when the converter wrote one (`write_classes_sidecar`; in a hidden folder so
+that record globs like `train-*` never match it), else from the records themselves in one pass
 that parses only the class labels (no image decode; logged).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 
@@ -23,12 +25,18 @@ from absl import logging
 
 from tfcp.data import records, schema
 
-SIDECAR_SUFFIX = ".classes.json"
+SIDECAR_DIR = ".tfcp_classes"
+
+
+def sidecar_path(path: str) -> str:
+    """Where the category sidecar of the TFRecord file `path` lives."""
+    return os.path.join(os.path.dirname(path), SIDECAR_DIR, os.path.basename(path) + ".json")
 
 
 def write_classes_sidecar(path: str, classes: Sequence[Sequence[int]]) -> str:
-    """Writes `<path>.classes.json`: the category ids of each record of `path`, in order."""
-    sidecar = path + SIDECAR_SUFFIX
+    """Writes `sidecar_path(path)`: the category ids of each record of `path`, in order."""
+    sidecar = sidecar_path(path)
+    tf.io.gfile.makedirs(os.path.dirname(sidecar))
     payload = {
         "num_records": len(classes),
         "classes": [sorted({int(c) for c in x}) for x in classes],
@@ -54,7 +62,7 @@ def record_classes(files: Sequence[str]) -> list[list[np.ndarray]]:
     """
     out, parsed, start = [], 0, time.time()
     for path in files:
-        sidecar = path + SIDECAR_SUFFIX
+        sidecar = sidecar_path(path)
         if tf.io.gfile.exists(sidecar):
             with tf.io.gfile.GFile(sidecar) as f:
                 payload = json.load(f)
@@ -71,10 +79,10 @@ def record_classes(files: Sequence[str]) -> list[list[np.ndarray]]:
         out.append(classes)
     if parsed:
         logging.info(
-            "Repeat factors: parsed the class labels of %d file(s) in %.1fs (no %s sidecar).",
+            "Repeat factors: parsed the class labels of %d file(s) in %.1fs (no %s/ sidecar).",
             parsed,
             time.time() - start,
-            SIDECAR_SUFFIX,
+            SIDECAR_DIR,
         )
     return out
 

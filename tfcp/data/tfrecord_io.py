@@ -6,7 +6,7 @@ Converters describe each image as a picklable work item and give a picklable
 `multiprocessing` pool, and writes the serialized examples in the main process, in item
 order: the output is identical for any number of workers. Shards are written to temporary
 files and renamed when all succeeded, so a failed run leaves no partial shard behind.
-Beside each shard, `<shard>.classes.json` lists every record's category ids, which repeat
+Beside the shards, `.tfcp_classes/<shard>.json` lists every record's category ids, which repeat
 factor sampling reads instead of parsing the shard (`tfcp.data.sampling`).
 """
 
