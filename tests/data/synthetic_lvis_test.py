@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,9 +13,9 @@ import tensorflow as tf
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tfcp.data import coco_converter, schema, synthetic, synthetic_lvis
+from tests.data.synthetic_test import run_cli, tree_digest
+from tfcp.data import coco_converter, schema, synthetic, synthetic_lvis, synthetic_scenes
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL_TRAIN, SMALL_VAL = 45, 6
 _URL = re.compile(r"^http://images\.cocodataset\.org/(train2017|val2017)/(\d{12})\.jpg$")
 
@@ -26,17 +23,6 @@ _URL = re.compile(r"^http://images\.cocodataset\.org/(train2017|val2017)/(\d{12}
 def _load(path):
     with open(path) as f:
         return json.load(f)
-
-
-def _digest(root):
-    out = {}
-    for d, _, files in os.walk(root):
-        for name in files:
-            with open(os.path.join(d, name), "rb") as f:
-                out[os.path.relpath(os.path.join(d, name), root)] = hashlib.sha256(
-                    f.read()
-                ).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -50,18 +36,17 @@ def lvis(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
-    """A small set plus, per image, the drawn styles and rendered visible masks."""
+    """A small set plus, per image, the drawn styles and the rendered scene."""
     root = str(tmp_path_factory.mktemp("lvis_small"))
     renders = []
-    real_render = synthetic_lvis._render
 
-    def recording_render(rng, height, width, styles):
-        out = real_render(rng, height, width, styles)
-        renders.append((list(styles), out[1], out[2]))
-        return out
+    def recording_generate_scene(*args, class_indices, **kwargs):
+        scene = synthetic_scenes.generate_scene(*args, class_indices=class_indices, **kwargs)
+        renders.append((list(class_indices), scene))
+        return scene
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(synthetic_lvis, "_render", recording_render)
+        mp.setattr(synthetic_lvis, "generate_scene", recording_generate_scene)
         paths = synthetic_lvis.write_lvis(root, SMALL_TRAIN, SMALL_VAL, image_size=96, seed=5)
     return root, paths, renders
 
@@ -173,9 +158,9 @@ def test_negatives_absent_and_not_exhaustive_positive_with_missing_instances(rec
         images += [(im, per_image[im["id"]]) for im in data["images"]]
     assert len(renders) == len(images) == SMALL_TRAIN + SMALL_VAL  # no re-render at this seed
     num_neg = num_ne = num_missing = 0
-    for (image, annotated), (styles, keep, _) in zip(images, renders, strict=True):
+    for (image, annotated), (styles, scene) in zip(images, renders, strict=True):
         drawn = {k + 1 for k in styles}
-        visible = collections.Counter(styles[j] + 1 for j in keep)
+        visible = collections.Counter(int(k) + 1 for k in scene.class_indices)
         neg, ne = set(image["neg_category_ids"]), set(image["not_exhaustive_category_ids"])
         assert not neg & drawn and not neg & set(annotated)  # verified absent
         assert ne <= set(annotated)  # not exhaustive: a subset of the positives
@@ -198,8 +183,8 @@ def test_polygons_decode_to_area_bbox_and_the_rendered_masks(recorded):
     image_ids = [
         im["id"] for s in ("train", "val") for im in _load(paths[f"{s}_annotations"])["images"]
     ]
-    for image_id, (_, _, visible) in zip(image_ids, renders, strict=True):
-        for j, mask in enumerate(visible):
+    for image_id, (_, scene) in zip(image_ids, renders, strict=True):
+        for j, mask in enumerate(scene.masks):
             masks[image_id * 1000 + j + 1] = mask
     for ann, height, width in anns:
         rle = mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], height, width))
@@ -234,13 +219,13 @@ def test_byte_identical_for_a_seed_and_images_independent_of_the_count(lvis, tmp
     synthetic_lvis.write_lvis(a, SMALL_TRAIN, SMALL_VAL, image_size=64, seed=7)
     synthetic_lvis.write_lvis(b, SMALL_TRAIN, SMALL_VAL, image_size=64, seed=7)
     synthetic_lvis.write_lvis(c, SMALL_TRAIN, SMALL_VAL, image_size=64, seed=8)
-    ref = _digest(a)
-    assert _digest(b) == ref and len(ref) == SMALL_TRAIN + SMALL_VAL + 2
-    other = _digest(c)
+    ref = tree_digest(a)
+    assert tree_digest(b) == ref and len(ref) == SMALL_TRAIN + SMALL_VAL + 2
+    other = tree_digest(c)
     assert other.keys() == ref.keys() and all(other[k] != ref[k] for k in ref)
     d = str(tmp_path / "d")  # the first 45 train images of the default set, same seed
     synthetic_lvis.write_lvis(d, SMALL_TRAIN, 0, seed=0)
-    full, part = _digest(paths["image_dir"]), _digest(d)
+    full, part = tree_digest(paths["image_dir"]), tree_digest(d)
     jpgs = [k for k in part if k.endswith(".jpg")]
     assert len(jpgs) == SMALL_TRAIN and all(part[k] == full[k] for k in jpgs)
 
@@ -294,18 +279,8 @@ def test_converts_with_create_coco_tfrecord(lvis, tmp_path, split):
     )
 
 
-def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "tfcp.data.synthetic", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_cli_writes_lvis(tmp_path):
-    out = _cli(
+    out = run_cli(
         f"--output_dir={tmp_path}", "--format=lvis", "--num_train=40", "--num_val=4",
         "--image_size=64", "--seed=2",
     )  # fmt: skip
@@ -315,5 +290,5 @@ def test_cli_writes_lvis(tmp_path):
     assert len(_load(summary["paths"]["train_annotations"])["images"]) == 40
     assert sum(summary["stats"][f"categories_{g}"] for g in "rcf") == 40
     assert summary["stats"]["categories_f"] == 0  # > 100 training images needed
-    out = _cli(f"--output_dir={tmp_path}", "--format=lvis", "--mean_instances=3")
+    out = run_cli(f"--output_dir={tmp_path}", "--format=lvis", "--mean_instances=3")
     assert out.returncode != 0 and "mean_instances" in out.stderr

@@ -98,6 +98,29 @@ def test_generate_scene_is_deterministic_per_generator_state():
     assert not np.array_equal(a.image, c.image)
 
 
+def test_generate_scene_draws_the_given_class_indices_back_to_front():
+    given = [5, 0, 7, 2, 3]
+    kept = 0
+    for i in range(4):
+        scene = synthetic_scenes.generate_scene(
+            np.random.default_rng(i), 96, 128, 8, class_indices=np.array(given)
+        )
+        order = [given.index(k) for k in scene.class_indices.tolist()]
+        assert order == sorted(order)  # a subsequence: drawing order, occluded ones dropped
+        assert scene.num_dropped == len(given) - len(scene.masks)
+        assert not scene.is_crowd.any()
+        kept += len(scene.masks)
+    assert kept >= 10
+    empty = synthetic_scenes.generate_scene(np.random.default_rng(0), 40, 50, 3, class_indices=[])
+    assert empty.masks.shape == (0, 40, 50) and empty.num_dropped == 0
+    with pytest.raises(ValueError, match=r"class_indices must be in \[0, 8\)"):
+        synthetic_scenes.generate_scene(np.random.default_rng(0), 40, 50, 8, class_indices=[8])
+    with pytest.raises(ValueError, match="excludes num_instances and crowd"):
+        synthetic_scenes.generate_scene(
+            np.random.default_rng(0), 40, 50, 8, class_indices=[1], crowd=True
+        )
+
+
 def test_empty_scene_and_bad_arguments():
     scene = synthetic_scenes.generate_scene(np.random.default_rng(0), 40, 50, 3, num_instances=0)
     assert scene.masks.shape == (0, 40, 50) and scene.class_indices.shape == (0,)

@@ -20,8 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TRAIN, VAL = 6, 3
 
 
-def _tree_digest(root):
-    """{relative path: sha256} of every file under root."""
+def tree_digest(root):
+    """{relative path: sha256} of every file under root (shared by the synthetic_* tests)."""
     out = {}
     for d, _, files in os.walk(root):
         for name in files:
@@ -142,15 +142,15 @@ def test_ids_unique_across_splits(coco):
 def test_write_coco_is_deterministic_and_order_independent(coco, tmp_path):
     root, _, _ = coco
     synthetic.write_coco(str(tmp_path / "same"), TRAIN, VAL, image_size=128, seed=3)
-    assert _tree_digest(root) == _tree_digest(str(tmp_path / "same"))
+    assert tree_digest(root) == tree_digest(str(tmp_path / "same"))
     synthetic.write_coco(str(tmp_path / "other"), TRAIN, VAL, image_size=128, seed=4)
-    other = _tree_digest(str(tmp_path / "other"))
-    ref = _tree_digest(root)
+    other = tree_digest(str(tmp_path / "other"))
+    ref = tree_digest(root)
     assert other.keys() == ref.keys()
     assert all(other[k] != ref[k] for k in ref if k.endswith(".jpg"))
     # Image i does not depend on how many images are generated.
     synthetic.write_coco(str(tmp_path / "fewer"), 2, 0, image_size=128, seed=3)
-    fewer = _tree_digest(str(tmp_path / "fewer"))
+    fewer = tree_digest(str(tmp_path / "fewer"))
     jpgs = [k for k in fewer if k.endswith(".jpg")]
     assert len(jpgs) == 2 and all(fewer[k] == ref[k] for k in jpgs)
 
@@ -213,7 +213,8 @@ def test_bad_arguments_raise(tmp_path):
         synthetic.write_coco(str(tmp_path), 1, 1, seed=-2)
 
 
-def _cli(*args):
+def run_cli(*args):
+    """Runs `python -m tfcp.data.synthetic *args` from the repo root (shared by the tests)."""
     return subprocess.run(
         [sys.executable, "-m", "tfcp.data.synthetic", *args],
         cwd=REPO,
@@ -224,7 +225,7 @@ def _cli(*args):
 
 
 def test_cli_writes_coco_and_voc(tmp_path):
-    out = _cli(
+    out = run_cli(
         f"--output_dir={tmp_path / 'c'}", "--format=coco", "--num_train=2", "--num_val=2",
         "--image_size=64", "--seed=5",
     )  # fmt: skip
@@ -233,7 +234,7 @@ def test_cli_writes_coco_and_voc(tmp_path):
     assert summary["format"] == "coco" and summary["stats"]["images"] == 4
     assert os.path.isfile(summary["paths"]["val_annotations"])
     assert len(os.listdir(tmp_path / "c" / "train2017")) == 2
-    out = _cli(
+    out = run_cli(
         f"--output_dir={tmp_path / 'v'}", "--format=voc", "--num_train=1", "--num_val=1",
         "--image_size=64",
     )  # fmt: skip
@@ -244,9 +245,9 @@ def test_cli_writes_coco_and_voc(tmp_path):
 
 
 def test_cli_rejects_bad_flags(tmp_path):
-    out = _cli(f"--output_dir={tmp_path}", "--format=yolo")
+    out = run_cli(f"--output_dir={tmp_path}", "--format=yolo")
     assert out.returncode != 0 and "format" in out.stderr
-    out = _cli("--format=coco")
+    out = run_cli("--format=coco")
     assert out.returncode != 0 and "output_dir" in out.stderr
 
 

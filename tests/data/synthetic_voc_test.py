@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.data.synthetic_test import tree_digest
 from tfcp.data import synthetic_scenes, synthetic_voc
 from tfcp.data.synthetic_voc import VOC_CLASSES
 
@@ -193,23 +193,12 @@ def test_voc_box_and_colormap():
     assert cmap[255].tolist() == [224, 224, 192]  # void
 
 
-def _digest(root):
-    out = {}
-    for d, _, files in os.walk(root):
-        for name in files:
-            with open(os.path.join(d, name), "rb") as f:
-                out[os.path.relpath(os.path.join(d, name), root)] = hashlib.sha256(
-                    f.read()
-                ).hexdigest()
-    return out
-
-
 def test_write_voc_is_deterministic(tmp_path):
     kwargs = dict(image_size=64, years=(2012,), segmented_fraction=1.0)
     synthetic_voc.write_voc(str(tmp_path / "a"), 2, 1, seed=9, **kwargs)
     synthetic_voc.write_voc(str(tmp_path / "b"), 2, 1, seed=9, **kwargs)
     synthetic_voc.write_voc(str(tmp_path / "c"), 2, 1, seed=10, **kwargs)
-    a, b, c = (_digest(str(tmp_path / k)) for k in "abc")
+    a, b, c = (tree_digest(str(tmp_path / k)) for k in "abc")
     assert a == b
     assert a.keys() == c.keys()
     assert all(a[k] != c[k] for k in a if k.endswith((".jpg", ".png")))

@@ -7,11 +7,10 @@ import functools
 import numpy as np
 import tensorflow as tf
 
+from tests.serving.evaluator_masks import evaluator_masks
 from tfcp.data import schema
-from tfcp.evaluation import coco
 from tfcp.modeling import postprocess
 from tfcp.serving import detection, export_lib
-from tfcp.tasks import maskrcnn
 
 S = 128  # model input size
 
@@ -60,41 +59,6 @@ def _model_frame(boxes, height, width):
     return postprocess.boxes_to_input_pixels(
         tf.constant(boxes, tf.float32)[tf.newaxis], image_info[tf.newaxis]
     )[0].numpy()
-
-
-def _evaluator_masks(model, image):
-    """The full-image masks COCO evaluation builds: task eval step -> CocoEvaluator."""
-    features, image_info = export_lib.eval_preprocess(
-        tf.constant(image), image_size=(S, S), pad_value=128
-    )
-    labels = {
-        "image_info": image_info[tf.newaxis],
-        "anchor_boxes": None,
-        "groundtruths": {"source_id": tf.constant([1])},
-    }
-    outputs = maskrcnn.MaskRCNNTask(lambda: model).validation_step(
-        model, features[tf.newaxis], labels
-    )
-    height, width = image.shape[:2]
-    groundtruth = {
-        "images": [{"id": 1, "height": height, "width": width}],
-        "annotations": [
-            {
-                "id": 1,
-                "image_id": 1,
-                "category_id": 1,
-                "bbox": [0, 0, 4, 4],
-                "area": 16,
-                "iscrowd": 0,
-                "segmentation": [[0, 0, 4, 0, 4, 4, 0, 4]],
-            }
-        ],
-        "categories": [{"id": c} for c in range(1, 10)],
-    }
-    evaluator = coco.CocoEvaluator(groundtruth=groundtruth, include_mask=True)
-    predictions = {key: np.asarray(value) for key, value in outputs.items()}
-    num = int(predictions["num_detections"][0])
-    return evaluator._image_masks(predictions, 0, num, groundtruth["images"][0])
 
 
 def _smooth_masks(num, seed):
@@ -248,7 +212,7 @@ class DetectionGeometryTest(tf.test.TestCase):
             )
             image = np.random.RandomState(0).randint(0, 256, [height, width, 3]).astype(np.uint8)
             served = _module(model, "both").serve_images(tf.constant(image[np.newaxis]))
-            expected = _evaluator_masks(model, image)
+            expected, _ = evaluator_masks(model, image, S)
             self.assertGreater(int(expected.sum()), 0)
             self.assertAllEqual(served["detection_masks"][0], expected, msg=f"{height}x{width}")
             self.assertAllClose(

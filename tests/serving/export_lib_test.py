@@ -14,11 +14,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from tests.serving.evaluator_masks import evaluator_masks
 from tfcp.data import schema
-from tfcp.evaluation import coco
 from tfcp.modeling import factory
 from tfcp.serving import export_lib
-from tfcp.tasks import maskrcnn
 
 S = 128
 TINY = dict(
@@ -58,46 +57,6 @@ def _example(image):
         width=image.shape[1],
         source_id="x",
     ).SerializeToString()
-
-
-def _evaluate_masks(model, image):
-    """What COCO evaluation builds for `image`: task eval step -> CocoEvaluator masks.
-
-    Returns:
-      (uint8 [n, h, w] full-image masks, float32 [n, 4] unclipped original-pixel boxes).
-    """
-    features, image_info = export_lib.eval_preprocess(
-        tf.constant(image), image_size=(S, S), pad_value=128
-    )
-    labels = {
-        "image_info": image_info[tf.newaxis],
-        "anchor_boxes": None,
-        "groundtruths": {"source_id": tf.constant([1])},
-    }
-    outputs = maskrcnn.MaskRCNNTask(lambda: model).validation_step(
-        model, features[tf.newaxis], labels
-    )
-    height, width = image.shape[:2]
-    groundtruth = {
-        "images": [{"id": 1, "height": height, "width": width}],
-        "annotations": [
-            {
-                "id": 1,
-                "image_id": 1,
-                "category_id": 1,
-                "bbox": [0, 0, 4, 4],
-                "area": 16,
-                "iscrowd": 0,
-                "segmentation": [[0, 0, 4, 0, 4, 4, 0, 4]],
-            }
-        ],
-        "categories": [{"id": c} for c in range(1, TINY["num_classes"])],
-    }
-    evaluator = coco.CocoEvaluator(groundtruth=groundtruth, include_mask=True)
-    predictions = {key: np.asarray(value) for key, value in outputs.items()}
-    num = int(predictions["num_detections"][0])
-    masks = evaluator._image_masks(predictions, 0, num, groundtruth["images"][0])
-    return masks, predictions["detection_boxes"][0, :num]
 
 
 class ExportLibTest(tf.test.TestCase):
@@ -194,7 +153,7 @@ class ExportLibTest(tf.test.TestCase):
         # for detections that run past the bottom / right edge into the padding.
         for height, width in [(200, 330), (330, 200)]:
             image = _image(height, width, 5)
-            expected, unclipped = _evaluate_masks(self.model, image)
+            expected, unclipped = evaluator_masks(self.model, image, S)
             past_edge = (unclipped[:, 2] > height + 1) | (unclipped[:, 3] > width + 1)
             self.assertTrue(past_edge.any(), msg=f"{height}x{width}: no detection at the edge")
             self.assertGreater(int(expected[past_edge].sum()), 0)

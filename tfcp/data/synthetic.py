@@ -121,6 +121,12 @@ def segmentation_rle(segmentation, height: int, width: int) -> dict:
     return {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}
 
 
+def segmentation_area_bbox(segmentation, height: int, width: int) -> tuple[float, list[float]]:
+    """(`area`, `bbox` [x, y, w, h]) of a COCO `segmentation`, as pycocotools computes them."""
+    rle = segmentation_rle(segmentation, height, width)
+    return float(mask_utils.area(rle)), [float(v) for v in mask_utils.toBbox(rle)]
+
+
 def encode_segmentation(mask: np.ndarray, kind: str) -> tuple[object, str]:
     """Encodes a 0/1 [H, W] uint8 mask as COCO `segmentation`.
 
@@ -221,14 +227,14 @@ def _coco_split(
             else:
                 kind = "polygon"
             segmentation, kind = encode_segmentation(mask, kind)
-            rle = segmentation_rle(segmentation, height, width)
+            area, bbox = segmentation_area_bbox(segmentation, height, width)
             annotations.append(
                 {
                     "segmentation": segmentation,
-                    "area": float(mask_utils.area(rle)),
+                    "area": area,
                     "iscrowd": int(is_crowd),
                     "image_id": image_id,
-                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "bbox": bbox,
                     "category_id": COCO_CATEGORIES[scene.class_indices[k]]["id"],
                     "id": image_id * 1000 + k + 1,
                 }
@@ -246,7 +252,8 @@ def _coco_split(
     return image_dir, ann_path
 
 
-def _check_common(num_train: int, num_val: int, image_size: int, max_instances: int) -> None:
+def check_sizes(num_train: int, num_val: int, image_size: int, max_instances: int) -> None:
+    """Raises ValueError naming the first out-of-range argument of a dataset writer."""
     if num_train < 0 or num_val < 0:
         raise ValueError(f"num_train/num_val must be >= 0, got {num_train}/{num_val}")
     if image_size < 32:
@@ -293,7 +300,7 @@ def write_coco(
     Returns:
       {'train_images', 'val_images', 'train_annotations', 'val_annotations'} -> paths.
     """
-    _check_common(num_train, num_val, image_size, max_instances)
+    check_sizes(num_train, num_val, image_size, max_instances)
     if stats is None:
         stats = {}
     counts = collections.Counter()

@@ -23,10 +23,10 @@ Layout (as LVIS v1, whose images are COCO 2017 images):
 Long tail: the category of frequency rank r (a seeded permutation of the ids) is drawn into
 an image with probability `P_MAX * (P_MIN / P_MAX) ** (r / (C - 1))`, and category r is also
 forced into train image (C - 1 - r) mod num_train, so every category has training images
-(C = 40 at the default 300 training images, seeds 0-4: 4-6 frequent, 19-22 common, 13-17
+(C = 40 at the default 300 training images, seeds 0-4: 4-5 frequent, 20-22 common, 13-16
 rare; the most frequent category is in ~175 images, ~7 annotations per image).
 Objects look like `tfcp.data.synthetic_shapes.class_style(id - 1)` (a unique shape-colour
-pair for the first 40 styles) and are occluded as in `tfcp.data.synthetic_scenes`.
+pair for the first 40 styles), drawn and occluded by `tfcp.data.synthetic_scenes.generate_scene`.
 Every image comes from its own generator seeded with (seed, split, index): the same
 arguments give byte-identical files.
 """
@@ -41,20 +41,10 @@ from collections.abc import Mapping, MutableMapping, Sequence
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 
-from tfcp.data.synthetic import mask_polygons, segmentation_rle
-from tfcp.data.synthetic_scenes import (
-    _place,
-    _sample_pose,
-    _sample_sqrt_area,
-    image_rng,
-    image_shape,
-    render_background,
-    save_jpeg,
-    visible_parts,
-)
-from tfcp.data.synthetic_shapes import class_style, draw_mask, paint
+from tfcp.data.synthetic import check_sizes, mask_polygons, segmentation_area_bbox
+from tfcp.data.synthetic_scenes import generate_scene, image_rng, image_shape, save_jpeg
+from tfcp.data.synthetic_shapes import class_style
 
 MAX_CATEGORIES = 40  # beyond 40, styles i and i + 40 share shape and texture, colours close
 RARE_MAX_IMAGES = 10  # LVIS: rare = 1-10 training images
@@ -228,25 +218,6 @@ def _draw_plan(rng, probs: np.ndarray, forced: Sequence[int], max_instances: int
     return styles, {k for k in counts if not_exhaustive[k]}
 
 
-def _render(rng, height: int, width: int, styles: Sequence[int]):
-    """Image uint8 [H, W, 3], kept object indices int64 [K], visible masks uint8 [K, H, W]."""
-    image = render_background(rng, height, width)
-    full = []
-    for k in styles:
-        shape = class_style(k).shape
-        cx, cy = rng.uniform(0.0, width), rng.uniform(0.0, height)
-        pose = _sample_pose(rng, shape, _sample_sqrt_area(rng, min(height, width)), cx, cy)
-        pose = _place(rng, shape, pose, height, width)
-        mask, _ = draw_mask(shape, pose, height, width)
-        paint(image, mask, class_style(k), pose, rng)
-        full.append(mask)
-    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    if not full:
-        return image, np.zeros([0], np.int64), np.zeros((0, height, width), np.uint8)
-    keep, masks = visible_parts(full, 20, 0.05)
-    return image, keep, masks.reshape(len(keep), height, width)
-
-
 def _lvis_image(rng, split: str, i: int, image_size: int, probs, num_train: int, opts, stats):
     """Renders and saves image i of a split; returns (image entry, annotations)."""
     c = len(probs)
@@ -258,8 +229,8 @@ def _lvis_image(rng, split: str, i: int, image_size: int, probs, num_train: int,
     styles, not_exhaustive = _draw_plan(rng, probs, forced, opts["max_instances"])
     neg_u = rng.random(c)
     for _ in range(_MAX_RENDER_ATTEMPTS):
-        image, keep, masks = _render(rng, height, width, styles)
-        kept_styles = [styles[j] for j in keep]
+        scene = generate_scene(rng, height, width, c, class_indices=styles)
+        kept_styles = scene.class_indices.tolist()
         if all(k in kept_styles for k in forced):
             break
         stats["render_retries"] += 1
@@ -271,7 +242,7 @@ def _lvis_image(rng, split: str, i: int, image_size: int, probs, num_train: int,
     image_id = _IMAGE_ID_BASE[split] + 3 * i + 2
     folder = "train2017" if split == "train" or i % 4 == 1 else "val2017"
     path = os.path.join(opts["output_dir"], folder, f"{image_id:012d}.jpg")
-    save_jpeg(image, path, opts["jpeg_quality"])
+    save_jpeg(scene.image, path, opts["jpeg_quality"])
     by_category = collections.defaultdict(list)
     for j, k in enumerate(kept_styles):
         by_category[k].append(j)
@@ -283,15 +254,15 @@ def _lvis_image(rng, split: str, i: int, image_size: int, probs, num_train: int,
     for j, k in enumerate(kept_styles):
         if j in skip:
             continue
-        segmentation = lvis_polygons(masks[j])
-        rle = segmentation_rle(segmentation, height, width)
+        segmentation = lvis_polygons(scene.masks[j])
+        area, bbox = segmentation_area_bbox(segmentation, height, width)
         annotations.append(
             {
                 "id": image_id * 1000 + j + 1,
                 "image_id": image_id,
                 "category_id": k + 1,
-                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                "area": float(mask_utils.area(rle)),
+                "bbox": bbox,
+                "area": area,
                 "segmentation": segmentation,
             }
         )
@@ -311,7 +282,7 @@ def _lvis_image(rng, split: str, i: int, image_size: int, probs, num_train: int,
     stats["images"] += 1
     stats["instances"] += len(annotations)
     stats["unannotated_instances"] += len(skip)
-    stats["dropped_occluded"] += len(styles) - len(keep)
+    stats["dropped_occluded"] += scene.num_dropped
     stats["empty_images"] += int(not annotations)
     return entry, annotations
 
@@ -365,12 +336,9 @@ def write_lvis(
       {'image_dir' (D: the converter's --image_dir for both splits), 'train_images',
        'val_images', 'train_annotations', 'val_annotations'} -> paths.
     """
-    if num_train < 1 or num_val < 0:
-        raise ValueError(f"num_train must be >= 1 and num_val >= 0, got {num_train}/{num_val}")
-    if image_size < 32:
-        raise ValueError(f"image_size must be >= 32, got {image_size}")
-    if not 1 <= max_instances <= 250:
-        raise ValueError(f"max_instances must be in [1, 250], got {max_instances}")
+    if num_train < 1:
+        raise ValueError(f"num_train must be >= 1 (LVIS counts train images), got {num_train}")
+    check_sizes(num_train, num_val, image_size, max_instances)
     categories = lvis_categories(num_categories)
     probs = class_image_probs(seed, num_categories)
     counts = collections.Counter()

@@ -165,6 +165,7 @@ def generate_scene(
     num_classes: int,
     *,
     num_instances: int | None = None,
+    class_indices: Sequence[int] | None = None,
     mean_instances: float = 6.0,
     max_instances: int = 15,
     crowd: bool = False,
@@ -180,6 +181,9 @@ def generate_scene(
       num_classes: objects use styles `class_style(0 .. num_classes - 1)`.
       num_instances: objects to draw (before occlusion drops); default
         `1 + Poisson(mean_instances - 1)` clipped to `max_instances`.
+      class_indices: the style index of every object to draw, back to front, each in
+        [0, num_classes), instead of `num_instances` random ones (not with `num_instances`
+        or `crowd`).
       mean_instances: mean number of drawn objects when `num_instances` is None.
       max_instances: upper bound on drawn objects (a crowd counts as one).
       crowd: also draw one crowd: a cluster of 5-10 small same-class objects annotated as
@@ -195,6 +199,13 @@ def generate_scene(
         raise ValueError(f"image must be at least 16x16, got {height}x{width}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if class_indices is not None:
+        if num_instances is not None or crowd:
+            raise ValueError("class_indices excludes num_instances and crowd")
+        class_indices = [int(k) for k in class_indices]
+        if any(not 0 <= k < num_classes for k in class_indices):
+            raise ValueError(f"class_indices must be in [0, {num_classes}), got {class_indices}")
+        num_instances = len(class_indices)
     if num_instances is None:
         num_instances = 1 + int(rng.poisson(max(mean_instances - 1.0, 0.0)))
         num_instances = min(num_instances, max_instances)
@@ -203,7 +214,7 @@ def generate_scene(
     crowd_slot = int(rng.integers(0, num_instances + 1)) if crowd else -1
     layers = []  # (class index, is_crowd, [(shape, pose), ...])
     for k in range(num_instances + (1 if crowd else 0)):
-        cls = int(rng.integers(0, num_classes))
+        cls = int(rng.integers(0, num_classes)) if class_indices is None else class_indices[k]
         shape = class_style(cls).shape
         cx, cy = rng.uniform(0.0, width), rng.uniform(0.0, height)
         if k == crowd_slot:

@@ -98,6 +98,8 @@ class CocoEvaluator:
     the next evaluation. `result()` does not reset.
     """
 
+    _BENCHMARK = "COCO"  # names the benchmark in log messages
+
     def __init__(
         self,
         annotation_file: str | None = None,
@@ -233,7 +235,8 @@ class CocoEvaluator:
                     self._mask_results.append(dict(common, segmentation=rles[j]))
             self._seen[_id_key(source_id)] = image["id"]
 
-    def _evaluate(self, results: list[dict], iou_type: str) -> np.ndarray:
+    def _evaluate(self, results: list[dict], iou_type: str) -> dict[str, float]:
+        """{metric name: value} of `results` ('bbox' or 'segm') on the images seen."""
         coco_dt = _load_results(self._coco_gt, results, iou_type)
         evaluator = cocoeval.COCOeval(self._coco_gt, coco_dt, iouType=iou_type)
         evaluator.params.imgIds = sorted(self._seen.values(), key=str)
@@ -243,11 +246,12 @@ class CocoEvaluator:
             evaluator.accumulate()
             evaluator.summarize()
         logging.info("COCO %s evaluation:\n%s", iou_type, summary.getvalue())
-        return np.asarray(evaluator.stats, np.float64)
+        return {n: float(v) for n, v in zip(METRIC_NAMES, evaluator.stats, strict=True)}
 
     def result(self) -> dict[str, float]:
-        """COCO metrics over the images seen since the last `reset` (a warning is logged when
-        they are not all the images of the ground truth).
+        """Metrics over the images seen since the last `reset` (a warning is logged when
+        they are not all the images of the ground truth). Subclasses change the metrics by
+        overriding `_evaluate` (e.g. `tfcp.evaluation.lvis.LvisEvaluator`).
 
         Returns:
           `box_AP, box_AP50, box_AP75, box_APs, box_APm, box_APl, box_ARmax1,
@@ -259,11 +263,13 @@ class CocoEvaluator:
           ValueError: `update` was never called.
         """
         if not self._seen:
-            raise ValueError("CocoEvaluator.result() called before any update()")
+            raise ValueError(f"{type(self).__name__}.result() called before any update()")
+        name = self._BENCHMARK
         if len(self._seen) < len(self._images):
             logging.warning(
-                "COCO eval: predictions cover %d of the %d images of %s; the metrics are over "
+                "%s eval: predictions cover %d of the %d images of %s; the metrics are over "
                 "those %d images only",
+                name,
                 len(self._seen),
                 len(self._images),
                 self._source,
@@ -271,7 +277,8 @@ class CocoEvaluator:
             )
         if self._unknown_category:
             logging.warning(
-                "COCO eval: %d detections have category ids absent from %s; they are not evaluated",
+                "%s eval: %d detections have category ids absent from %s; they are not evaluated",
+                name,
                 self._unknown_category,
                 self._source,
             )
@@ -280,10 +287,8 @@ class CocoEvaluator:
         if self._include_mask:
             kinds.append(("mask", "segm", self._mask_results))
         for prefix, iou_type, results in kinds:
-            stats = self._evaluate(results, iou_type)
-            metrics.update(
-                {f"{prefix}_{n}": float(v) for n, v in zip(METRIC_NAMES, stats, strict=True)}
-            )
+            values = self._evaluate(results, iou_type)
+            metrics.update({f"{prefix}_{n}": v for n, v in values.items()})
         metrics["num_images"] = len(self._seen)
         return metrics
 

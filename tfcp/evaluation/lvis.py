@@ -340,7 +340,12 @@ class LvisEvaluator(coco.CocoEvaluator):
 
     Same interface and model-output conversion as `tfcp.evaluation.coco.CocoEvaluator`
     (`update(predictions)` per batch, `result()`, `reset()`); the ground truth must be LVIS v1.
+    `result()` returns `box_<name>` for each name of `METRIC_NAMES` (AP ... APf, AR ... ARl),
+    the same with `mask_` when `include_mask`, and `num_images`; -1 for a metric with no
+    ground truth among the seen images.
     """
+
+    _BENCHMARK = "LVIS"
 
     def __init__(
         self,
@@ -359,42 +364,10 @@ class LvisEvaluator(coco.CocoEvaluator):
         self._max_dets = max_dets
         self._lvis_gt = LvisGroundTruth(self._coco_gt.dataset, source=self._source)
 
-    def result(self) -> dict[str, float]:
-        """LVIS metrics over the images seen since the last `reset`.
-
-        Returns:
-          `box_<name>` for each name of `METRIC_NAMES` (AP ... APf, AR ... ARl), the same
-          with `mask_` when `include_mask`, and `num_images`; -1 for a metric with no ground
-          truth among the seen images.
-
-        Raises:
-          ValueError: `update` was never called.
-        """
-        if not self._seen:
-            raise ValueError("LvisEvaluator.result() called before any update()")
-        if len(self._seen) < len(self._images):
-            logging.warning(
-                "LVIS eval: predictions cover %d of the %d images of %s; the metrics are over "
-                "those images only",
-                len(self._seen),
-                len(self._images),
-                self._source,
-            )
-        if self._unknown_category:
-            logging.warning(
-                "LVIS eval: %d detections have category ids absent from %s; not evaluated",
-                self._unknown_category,
-                self._source,
-            )
-        metrics = {}
-        kinds = [("box", "bbox", self._box_results)]
-        if self._include_mask:
-            kinds.append(("mask", "segm", self._mask_results))
-        for prefix, iou_type, results in kinds:
-            values = _evaluate_index(
-                self._lvis_gt, results, iou_type, self._max_dets, self._seen.values()
-            )
-            logging.info("LVIS %s evaluation: %s", iou_type, values)
-            metrics.update({f"{prefix}_{n}": float(values[n]) for n in METRIC_NAMES})
-        metrics["num_images"] = len(self._seen)
-        return metrics
+    def _evaluate(self, results: list[dict], iou_type: str) -> dict[str, float]:
+        """{name: value} for `METRIC_NAMES` of `results` ('bbox' or 'segm') on the images seen."""
+        values = _evaluate_index(
+            self._lvis_gt, results, iou_type, self._max_dets, self._seen.values()
+        )
+        logging.info("LVIS %s evaluation: %s", iou_type, values)
+        return {n: float(values[n]) for n in METRIC_NAMES}
