@@ -1,6 +1,8 @@
 """Tests of tfcp.modeling.losses on hand-made model outputs."""
 
+import json
 import math
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -85,3 +87,115 @@ class MaskRCNNLossesTest(tf.test.TestCase):
         expected = float(result["rpn_score_loss"]) + 2.0 * math.log(C)
         self.assertAllClose(result["model_loss"], expected, rtol=1e-5)
         self.assertAllClose(result["total_loss"], 0.5 * expected, rtol=1e-5)
+
+
+def _weighted_softmax_ce(logits, targets, weights):
+    """Reference: mean over RoIs of w[y] * -log softmax(logits)[y], in float64 numpy."""
+    logits = np.asarray(logits, np.float64).reshape(-1, logits.shape[-1])
+    targets = np.asarray(targets, np.int64).reshape(-1)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    ce = -log_probs[np.arange(len(targets)), targets]
+    return float(np.mean(np.asarray(weights)[targets] * ce))
+
+
+class ClassBalancedWeightsTest(tf.test.TestCase):
+    def test_weights_follow_cui_et_al(self):
+        # n = 1, 10, 100 at beta 0.999: raw (1 - b) / (1 - b^n) = 1, 0.10045..., 0.010503...
+        weights = losses.class_balanced_weights({1: 1, 2: 10, 3: 100}, num_classes=4)
+        raw = np.array([1.0, 0.001 / (1 - 0.999**10), 0.001 / (1 - 0.999**100)])
+        self.assertAllClose(raw, [1.0, 0.1004509, 0.0105030], rtol=1e-5)  # by hand
+        self.assertAllClose(weights, [1.0, *(3.0 * raw / raw.sum())], rtol=1e-12)
+        self.assertAllClose(sum(weights[1:]), 3.0)  # normalized: sum over the K classes = K
+        # A list gives classes 1, 2, 3; background weight configurable.
+        self.assertAllClose(
+            losses.class_balanced_weights([1, 10, 100], 4, background_weight=0.5),
+            [0.5, *weights[1:]],
+        )
+        # Equal counts: every weight 1 (the standard loss).
+        self.assertAllClose(losses.class_balanced_weights([7, 7, 7], 4), [1.0] * 4)
+        # Class indices that are no category (id gaps) get 1 and do not enter the norm.
+        gaps = losses.class_balanced_weights({1: 1, 4: 100}, num_classes=6, beta=0.9)
+        w1, w4 = 2.0 * np.array([1.0, 0.1 / (1 - 0.9**100)]) / (1.0 + 0.1 / (1 - 0.9**100))
+        self.assertAllClose(gaps, [1.0, w1, 1.0, 1.0, w4, 1.0])
+
+    def test_bad_counts_fail_clearly(self):
+        with self.assertRaisesRegex(ValueError, r"classes \[2\] have no training instance"):
+            losses.class_balanced_weights({1: 3, 2: 0}, 3)
+        with self.assertRaisesRegex(ValueError, r"outside 1 .. 3"):
+            losses.class_balanced_weights({4: 3}, 4)
+        with self.assertRaisesRegex(ValueError, "3 values"):
+            losses.class_balanced_weights([1, 2], 4)
+        with self.assertRaisesRegex(ValueError, "beta"):
+            losses.class_balanced_weights([1, 2, 3], 4, beta=1.0)
+        with self.assertRaisesRegex(ValueError, "not both"):
+            losses.MaskRCNNLossConfig(class_weights=[1.0] * 3, class_balanced_counts=[1, 2])
+
+    def test_counts_from_lvis_and_coco_json(self):
+        tmp = self.get_temp_dir()
+        lvis = {
+            "categories": [{"id": 1, "instance_count": 5}, {"id": 3, "instance_count": 2}],
+            "annotations": [{"category_id": 1, "iscrowd": 0}],  # instance_count wins
+        }
+        coco = {
+            "categories": [{"id": 1}, {"id": 2}],
+            "annotations": [
+                {"category_id": 1, "iscrowd": 0},
+                {"category_id": 1},
+                {"category_id": 2, "iscrowd": 0},
+                {"category_id": 2, "iscrowd": 1},  # a crowd region is no class target
+            ],
+        }
+        paths = {}
+        for name, data in (("lvis", lvis), ("coco", coco)):
+            paths[name] = os.path.join(tmp, f"{name}.json")
+            with open(paths[name], "w") as f:
+                json.dump(data, f)
+        self.assertEqual(losses.instance_counts_from_json(paths["lvis"]), {1: 5, 3: 2})
+        self.assertEqual(losses.instance_counts_from_json(paths["coco"]), {1: 2, 2: 1})
+        config = losses.MaskRCNNLossConfig(class_balanced_counts=paths["lvis"])
+        self.assertAllClose(
+            config.resolved_class_weights(4),
+            losses.class_balanced_weights({1: 5, 3: 2}, 4),
+        )
+        with self.assertRaisesRegex(FileNotFoundError, "missing.json"):
+            losses.instance_counts_from_json(os.path.join(tmp, "missing.json"))
+        bad = os.path.join(tmp, "bad.json")
+        with open(bad, "w") as f:
+            json.dump({"categories": [{"id": 1}], "annotations": [{"category_id": 9}]}, f)
+        with self.assertRaisesRegex(ValueError, "bad.json.*category_id 9|category_id 9.*bad"):
+            losses.instance_counts_from_json(bad)
+
+    def test_class_balanced_loss_equals_weighted_softmax_cross_entropy(self):
+        rng = np.random.default_rng(0)
+        num_classes, counts = 4, [2, 40, 900]  # classes 1..3; 0 = background
+        logits = rng.normal(size=(2, 5, num_classes)).astype(np.float32)
+        targets = np.array([[0, 1, 2, 3, 1], [3, 3, 0, 0, 2]])
+        outputs = _outputs(1)
+        outputs.update(
+            class_outputs=tf.constant(logits),
+            class_targets=tf.constant(targets, tf.float32),
+            box_outputs=tf.zeros([2, 5, 4]),
+            box_targets=tf.zeros([2, 5, 4]),
+        )
+        config = losses.MaskRCNNLossConfig(class_balanced_counts=counts)
+        result = losses.maskrcnn_losses(
+            outputs, LABELS, class_agnostic_bbox_pred=True, config=config
+        )
+        weights = losses.class_balanced_weights(counts, num_classes)
+        self.assertGreater(weights[1], 2.0)  # the rare class is up-weighted ...
+        self.assertLess(weights[3], 0.1)  # ... the frequent one down-weighted
+        expected = _weighted_softmax_ce(logits, targets, weights)
+        self.assertAllClose(result["frcnn_cls_loss"], expected, rtol=1e-5)
+        plain = losses.maskrcnn_losses(outputs, LABELS, class_agnostic_bbox_pred=True)
+        self.assertAllClose(
+            plain["frcnn_cls_loss"], _weighted_softmax_ce(logits, targets, [1.0] * 4), rtol=1e-5
+        )
+        self.assertNotAllClose(result["frcnn_cls_loss"], plain["frcnn_cls_loss"])
+        with self.assertRaisesRegex(ValueError, "3 values for a model with 4 classes"):
+            losses.maskrcnn_losses(
+                outputs,
+                LABELS,
+                class_agnostic_bbox_pred=True,
+                config=losses.MaskRCNNLossConfig(class_weights=[1.0] * 3),
+            )

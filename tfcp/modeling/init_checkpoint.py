@@ -6,6 +6,7 @@ object-graph checkpoint; the SavedModel keeps it at `<dir>/variables/variables`.
 the object path that leads to `backbone/` in that checkpoint and restore through a nested
 `tf.train.Checkpoint` of the same shape, so variables are matched by object path, and
 every variable of the backbone (and decoder, when the checkpoint has one) must match.
+`restore_model` restores a whole model the same way from a tfcp training checkpoint.
 """
 
 from __future__ import annotations
@@ -125,3 +126,41 @@ def restore_backbone_and_decoder(
             f"{' + '.join(leaves)}: {str(e)[:2000]}"
         ) from e
     return list(leaves)
+
+
+def restore_model(path: str, model: tf_keras.Model) -> None:
+    """Restores every variable of `model` from a tfcp training checkpoint.
+
+    For fine-tuning a whole model, e.g. LVIS stage 2 from the stage-1 run (paper Table 9).
+    The model is found as the object that owns `backbone/` in the checkpoint (`model/` in
+    the trainer's checkpoints); the optimizer state and step are not restored.
+
+    Args:
+      path: checkpoint prefix or directory (latest checkpoint used).
+      model: the built model; every one of its variables is overwritten.
+
+    Raises:
+      FileNotFoundError: `path` is missing.
+      ValueError: the checkpoint holds no whole model (e.g. a feature-extractor or serving
+        SavedModel), or its model has other variables or shapes than `model`.
+    """
+    prefix = resolve_checkpoint_path(path)
+    keys = [name for name, _ in tf.train.list_variables(prefix)]
+    owner = _owner_prefix(keys, "backbone")
+    if not owner:
+        raise ValueError(
+            f"init checkpoint {path} ({prefix}) holds no whole model (no object owning "
+            "'backbone/', as the trainer's 'model/'); restoring the whole model needs a tfcp "
+            "training checkpoint"
+        )
+    leaves = {owner[-1]: model}
+    _check_variable_counts(path, keys, owner[:-1], leaves)
+    checkpoint = _nest(owner[:-1], leaves)
+    try:
+        status = checkpoint.read(prefix)
+        status.expect_partial()
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        raise ValueError(
+            f"init checkpoint {path} is incompatible with the model: {str(e)[:2000]}"
+        ) from e

@@ -4,16 +4,30 @@ Computes exactly what `official.vision.tasks.maskrcnn.MaskRCNNTask.build_losses`
 by calling the loss classes of `official.vision.losses.maskrcnn_losses`:
 RPN objectness + RPN box (Huber), Fast R-CNN class + box averaged over the detection
 heads (1 + number of cascade stages), and the mask loss.
+
+Class-balanced Fast R-CNN class loss (Cui et al., CVPR 2019, "Class-Balanced Loss Based on
+Effective Number of Samples"), used by LVIS stage-2 training (paper Table 9): the softmax
+cross-entropy of an RoI whose target is class c is weighted by
+`w_c = (1 - beta) / (1 - beta ** n_c)`, n_c = training instances of c, the weights of the
+K foreground classes normalized to sum to K (as Cui et al.: sum_c w_c = C). Background
+(class 0) is not a class of Cui et al.'s formulation: it keeps weight
+`class_balanced_background_weight` (1.0), so with equal counts every weight is 1 and the loss
+is the standard one (our choice; Model Garden multiplies each RoI's cross-entropy by the weight
+of its target class and averages over all RoIs, background included).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gin
 import tensorflow as tf
+from absl import logging
 from official.vision.losses import maskrcnn_losses as mg_losses
 
 
@@ -30,7 +44,15 @@ class MaskRCNNLossConfig:
       frcnn_class_loss_top_k_percent: hard example mining fraction (1.0 = off).
       rpn_score_weight, rpn_box_weight, frcnn_class_weight, frcnn_box_weight,
         mask_weight: weights of the individual terms.
-      class_weights: optional per-class weights of the Fast R-CNN class loss.
+      class_weights: optional per-class weights of the Fast R-CNN class loss, one per
+        class index (background 0 included).
+      class_balanced_counts: turns on the class-balanced class loss (module docstring): the
+        training instances per class, as a COCO/LVIS JSON path (categories' `instance_count`,
+        else its non-crowd annotations counted; class index = category id, as the converter),
+        a mapping {class index: count} or a list of counts of classes 1, 2, ...
+        Exclusive with `class_weights`. Read when the loss is first built.
+      class_balanced_beta: beta of the class-balanced weights (Cui et al.; paper: 0.999).
+      class_balanced_background_weight: weight of background RoIs (class 0).
     """
 
     loss_weight: float = 1.0
@@ -44,6 +66,148 @@ class MaskRCNNLossConfig:
     frcnn_box_weight: float = 1.0
     mask_weight: float = 1.0
     class_weights: Sequence[float] | None = None
+    class_balanced_counts: str | Mapping[int, int] | Sequence[int] | None = None
+    class_balanced_beta: float = 0.999
+    class_balanced_background_weight: float = 1.0
+
+    def __post_init__(self):
+        if self.class_weights is not None and self.class_balanced_counts is not None:
+            raise ValueError(
+                "MaskRCNNLossConfig: set class_weights or class_balanced_counts, not both"
+            )
+        if not 0.0 < self.class_balanced_beta < 1.0:
+            raise ValueError(
+                f"MaskRCNNLossConfig.class_balanced_beta must be in (0, 1), got "
+                f"{self.class_balanced_beta}"
+            )
+
+    def resolved_class_weights(self, num_classes: int) -> list[float] | None:
+        """The per-class weights of the class loss for `num_classes` classes (or None)."""
+        if self.class_balanced_counts is None:
+            return list(self.class_weights) if self.class_weights else None
+        counts = self.class_balanced_counts
+        if isinstance(counts, str):
+            counts = instance_counts_from_json(counts)
+        return class_balanced_weights(
+            counts,
+            num_classes,
+            beta=self.class_balanced_beta,
+            background_weight=self.class_balanced_background_weight,
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def _read_instance_counts(path: str, mtime_nsec: int) -> tuple[tuple[int, int], ...]:
+    del mtime_nsec  # part of the cache key only: a rewritten file is read again
+    with tf.io.gfile.GFile(path) as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"class-balanced loss: {path} is not valid JSON: {e}") from e
+    categories = data.get("categories") if isinstance(data, dict) else None
+    if not categories:
+        raise ValueError(f"class-balanced loss: {path} has no 'categories'")
+    try:
+        ids = [int(c["id"]) for c in categories]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"class-balanced loss: a category of {path} has no integer 'id'") from e
+    if all("instance_count" in c for c in categories):  # LVIS v1
+        counts = {int(c["id"]): int(c["instance_count"]) for c in categories}
+    else:  # COCO format: count the non-crowd annotations (crowds are not class targets)
+        counts = dict.fromkeys(ids, 0)
+        for index, annotation in enumerate(data.get("annotations") or []):
+            category = annotation.get("category_id")
+            if category not in counts:
+                raise ValueError(
+                    f"class-balanced loss: annotation {index} of {path} has category_id "
+                    f"{category!r}, not in 'categories'"
+                )
+            if not annotation.get("iscrowd", 0):
+                counts[category] += 1
+    return tuple(sorted(counts.items()))
+
+
+def instance_counts_from_json(path: str) -> dict[int, int]:
+    """Training instances per class index from a COCO/LVIS annotation JSON.
+
+    Args:
+      path: LVIS v1 JSON (uses each category's `instance_count`) or COCO JSON (counts the
+        non-crowd `annotations` per category when a category lacks `instance_count`).
+
+    Returns:
+      {class index: count}; the class index is the category id (`tfcp.data.coco_converter`).
+
+    Raises:
+      FileNotFoundError, ValueError: missing or malformed file (named in the message).
+    """
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"class-balanced loss: annotation file {path} not found")
+    return dict(_read_instance_counts(path, tf.io.gfile.stat(path).mtime_nsec))
+
+
+def class_balanced_weights(
+    instance_counts: Mapping[int, int] | Sequence[int],
+    num_classes: int,
+    beta: float = 0.999,
+    background_weight: float = 1.0,
+) -> list[float]:
+    """Class-balanced weights (Cui et al. 2019) of the `num_classes` class indices.
+
+    Args:
+      instance_counts: {class index: n_c} for the dataset's categories (indices 1 ..
+        num_classes - 1), or a list of n_c for classes 1, 2, ..., num_classes - 1.
+      num_classes: the model's classes, background (index 0) included.
+      beta: the effective-number hyper-parameter in (0, 1).
+      background_weight: the weight of class 0.
+
+    Returns:
+      `num_classes` floats: background_weight for class 0; for the given categories
+      `(1 - beta) / (1 - beta ** n_c)` scaled so that they sum to their number K; 1.0 for
+      class indices that are no category (ids missing from the dataset, e.g. COCO's 91 ids:
+      never a target, so they do not matter for the softmax loss).
+
+    Raises:
+      ValueError: a class index outside 1 .. num_classes - 1, a count < 1 (the weight is
+        undefined for a class without training instances), or a list of the wrong length.
+    """
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"class-balanced weights: beta must be in (0, 1), got {beta}")
+    if isinstance(instance_counts, Mapping):
+        counts = {int(k): v for k, v in instance_counts.items()}
+    else:
+        if len(instance_counts) != num_classes - 1:
+            raise ValueError(
+                f"class-balanced weights: a list of counts must give classes 1 .. "
+                f"{num_classes - 1} ({num_classes - 1} values), got {len(instance_counts)}"
+            )
+        counts = {i + 1: n for i, n in enumerate(instance_counts)}
+    bad_ids = sorted(k for k in counts if not 1 <= k < num_classes)
+    if bad_ids:
+        raise ValueError(
+            f"class-balanced weights: class indices {bad_ids[:10]} are outside 1 .. "
+            f"{num_classes - 1} (num_classes={num_classes}; 0 is background)"
+        )
+    empty = sorted(k for k, n in counts.items() if int(n) < 1)
+    if empty:
+        raise ValueError(
+            f"class-balanced weights: classes {empty[:10]} have no training instance "
+            "((1 - beta) / (1 - beta^0) is undefined); are these the training annotations?"
+        )
+    raw = {k: (1.0 - beta) / (1.0 - math.pow(beta, int(n))) for k, n in counts.items()}
+    scale = len(raw) / sum(raw.values())
+    weights = [1.0] * num_classes
+    weights[0] = float(background_weight)
+    for k, w in raw.items():
+        weights[k] = w * scale
+    logging.info(
+        "Class-balanced loss (beta=%g): %d classes, weights %.3g .. %.3g, background %g",
+        beta,
+        len(raw),
+        min(raw.values()) * scale,
+        max(raw.values()) * scale,
+        background_weight,
+    )
+    return weights
 
 
 def _head_key(name: str, head: int) -> str:
@@ -96,7 +260,13 @@ def maskrcnn_losses(
     frcnn_box_loss_fn = mg_losses.FastrcnnBoxLoss(
         config.frcnn_huber_loss_delta, class_agnostic_bbox_pred
     )
-    class_weights = list(config.class_weights) if config.class_weights else None
+    num_classes = outputs["class_outputs"].shape[-1]
+    class_weights = config.resolved_class_weights(num_classes)
+    if class_weights is not None and len(class_weights) != num_classes:
+        raise ValueError(
+            f"MaskRCNNLossConfig class weights: {len(class_weights)} values for a model with "
+            f"{num_classes} classes (background included)"
+        )
     frcnn_cls_loss = 0.0
     frcnn_box_loss = 0.0
     for head in range(num_detection_heads):

@@ -18,7 +18,7 @@ import tf_keras
 from absl import logging
 from official.vision.ops import preprocess_ops
 
-from tfcp.modeling import factory, losses, postprocess
+from tfcp.modeling import factory, freeze, losses, postprocess
 from tfcp.modeling import init_checkpoint as init_checkpoint_lib
 from tfcp.tasks import base
 
@@ -34,6 +34,7 @@ class MaskRCNNTask(base.Task):
         loss_config: losses.MaskRCNNLossConfig | None = None,
         init_checkpoint_modules: tuple[str, ...] = ("backbone", "decoder"),
         num_sample_images: int = 4,
+        trainable_variable_patterns: tuple[str, ...] | None = None,
         evaluator: str = "coco",
     ):
         """Creates the task.
@@ -44,9 +45,15 @@ class MaskRCNNTask(base.Task):
           annotation_file: COCO JSON of the evaluation split (macro EVAL_ANNOTATIONS);
             required for evaluation.
           loss_config: loss hyper-parameters (None = Model Garden defaults).
-          init_checkpoint_modules: what `initialize` restores: ('backbone',) or
-            ('backbone', 'decoder').
+          init_checkpoint_modules: what `initialize` restores: ('backbone',),
+            ('backbone', 'decoder') or ('all',): every variable, from a tfcp training
+            checkpoint (LVIS stage 2).
           num_sample_images: how many images `sample_images` draws.
+          trainable_variable_patterns: None trains every variable; else regexes of the
+            variable names to train (`tfcp.modeling.freeze.select_variables` include; its
+            `exclude` is gin-configurable). Every other layer is frozen, batch norm in
+            inference mode (see `tfcp.modeling.freeze`). LVIS stage 2: the final classifier,
+            (`freeze.MASKRCNN_CLASSIFIER`,) (gin_configs/lvis/stage2_common.gin).
           evaluator: 'coco' (`tfcp.evaluation.coco.CocoEvaluator`: box_AP ... box_ARl) or
             'lvis' (`tfcp.evaluation.lvis.LvisEvaluator`, federated LVIS v1 evaluation with
             at most 300 detections per image: box_AP ... box_APr, box_APc, box_APf, box_AR ...;
@@ -55,16 +62,23 @@ class MaskRCNNTask(base.Task):
         if evaluator not in ("coco", "lvis"):
             raise ValueError(f"MaskRCNNTask.evaluator must be 'coco' or 'lvis', got {evaluator!r}")
         unknown = set(init_checkpoint_modules) - {"backbone", "decoder"}
-        if "backbone" not in init_checkpoint_modules or unknown:
+        if tuple(init_checkpoint_modules) != ("all",) and (
+            "backbone" not in init_checkpoint_modules or unknown
+        ):
             raise ValueError(
-                "init_checkpoint_modules must be ('backbone',) or ('backbone', 'decoder'), "
-                f"got {init_checkpoint_modules!r}"
+                "init_checkpoint_modules must be ('backbone',), ('backbone', 'decoder') or "
+                f"('all',), got {init_checkpoint_modules!r}"
             )
+        if isinstance(trainable_variable_patterns, str):
+            raise TypeError("trainable_variable_patterns must be a tuple of regexes")
         self._model_builder = model_builder
         self._annotation_file = annotation_file
         self._loss_config = loss_config or losses.MaskRCNNLossConfig()
         self._init_modules = tuple(init_checkpoint_modules)
         self._num_sample_images = num_sample_images
+        self._trainable_patterns = (
+            None if trainable_variable_patterns is None else tuple(trainable_variable_patterns)
+        )
         self._evaluator_kind = evaluator
         self._evaluator = None
         self._include_mask = True
@@ -203,14 +217,36 @@ class MaskRCNNTask(base.Task):
 
     # -------------------------------------------------------------- initialization
     def initialize(self, model: tf_keras.Model, init_checkpoint: str | None) -> None:
-        """Restores backbone (+ decoder) weights; see `tfcp.modeling.init_checkpoint`."""
+        """Restores backbone (+ decoder) or all weights; see `tfcp.modeling.init_checkpoint`.
+
+        Raises:
+          ValueError: also when `init_checkpoint_modules=('all',)` (fine-tuning a whole
+            trained model, e.g. LVIS stage 2) gets no checkpoint.
+        """
         if not init_checkpoint:
+            if self._init_modules == ("all",):
+                raise ValueError(
+                    "MaskRCNNTask.init_checkpoint_modules=('all',) fine-tunes a trained model: "
+                    "set INIT_CHECKPOINT (tfcp.Trainer.init_checkpoint) to its checkpoint"
+                )
+            return
+        if self._init_modules == ("all",):
+            init_checkpoint_lib.restore_model(init_checkpoint, model)
+            logging.info("Initialized the whole model from %s", init_checkpoint)
             return
         decoder = model.decoder if "decoder" in self._init_modules else None
         restored = init_checkpoint_lib.restore_backbone_and_decoder(
             init_checkpoint, model.backbone, decoder
         )
         logging.info("Initialized %s from %s", " + ".join(restored), init_checkpoint)
+
+    def trainable_variables(self, model: tf_keras.Model) -> list[tf.Variable]:
+        """All trainable variables, or those of `trainable_variable_patterns` (others frozen)."""
+        if self._trainable_patterns is None:
+            return super().trainable_variables(model)
+        variables = freeze.select_variables(model, include=self._trainable_patterns)
+        freeze.freeze_unselected_layers(model, variables)
+        return variables
 
     # ---------------------------------------------------------------- summaries
     def sample_images(
