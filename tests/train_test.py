@@ -132,10 +132,6 @@ class TrainCliTest(unittest.TestCase):
         )
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class ShippedRunConfigsTest(unittest.TestCase):
     """Every runs/ and demo/ config parses with only the documented macros bound."""
 
@@ -238,3 +234,47 @@ class MaskRCNNDemoTest(unittest.TestCase):
         self.assertEqual(result.returncode, 1, result.stderr[-3000:])
         self.assertRegex(result.stderr, rf"ERROR: bad record {bad.path}:\d+ \(source_id ")
         self.assertNotIn("Traceback", result.stderr)
+
+
+class LvisTinyTest(unittest.TestCase):
+    """Generated LVIS data -> converter -> RFS + Copy-Paste training -> federated LVIS eval."""
+
+    def test_lvis_tiny_config_writes_frequency_group_metrics(self):
+        from tfcp.data import coco_converter
+        from tfcp.data.synthetic_lvis import write_lvis
+
+        tmp = tempfile.mkdtemp()
+        lvis = os.path.join(tmp, "lvis")
+        paths = write_lvis(lvis, num_train=24, num_val=4, image_size=64, seed=0)
+        for split in ("train", "val"):
+            coco_converter.convert_coco(
+                paths["image_dir"], paths[f"{split}_annotations"], os.path.join(lvis, split), 1
+            )
+        with open(paths["val_annotations"]) as f:
+            num_classes = max(c["id"] for c in json.load(f)["categories"]) + 1
+        model_dir = os.path.join(tmp, "model")
+        result = run_train(
+            model_dir,
+            ["lvis/maskrcnn_tiny_rfs_copy_paste.gin"],
+            [
+                f"TRAIN_FILES='{lvis}/train-*'",
+                f"EVAL_FILES='{lvis}/val-*'",
+                f"EVAL_ANNOTATIONS='{paths['val_annotations']}'",
+                f"NUM_CLASSES={num_classes}",
+                "TRAIN_STEPS=2",
+            ],
+            mode="train_and_eval",
+            timeout=1200,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        self.assertIn("Repeat factor sampling (t=0.001): 24 records", result.stderr)
+        with open(os.path.join(model_dir, "metrics.json")) as f:
+            metrics = json.load(f)
+        for kind in ("box", "mask"):
+            for key in ("AP", "AP50", "APr", "APc", "APf"):
+                self.assertIn(f"{kind}_{key}", metrics)
+        self.assertEqual(metrics["num_images"], 4)
+
+
+if __name__ == "__main__":
+    unittest.main()
