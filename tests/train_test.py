@@ -215,8 +215,8 @@ class MaskRCNNDemoTest(unittest.TestCase):
         # Every bad kind was named in a warning and counted (an epoch is 3 good records).
         for index in bad.bad_indices:
             self.assertIn(
-                f"skipping bad record {bad.path}:{index} (source_id {bad.source_ids[index]}): "
-                f"{bad.reasons[index]}",
+                f'skipping "bad record {bad.path}:{index} (source_id {bad.source_ids[index]}): '
+                f'{bad.reasons[index]}"',
                 result.stderr,
             )
         self.assertGreaterEqual(metrics["bad_records_skipped"], len(bad.bad_indices))

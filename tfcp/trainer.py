@@ -113,6 +113,7 @@ class Trainer:
 
         self.strategy = strategy or distribute_utils.build_strategy()
         record_policy.skipped_counter()  # created outside the strategy's scope
+        self._skipped_before = record_policy.skipped_count()  # the counter is process-wide
         mixed_precision = distribute_utils.resolve_mixed_precision(mixed_precision, self.strategy)
         self._mixed_precision = mixed_precision
         tf_keras.mixed_precision.set_global_policy(mixed_precision)
@@ -179,6 +180,10 @@ class Trainer:
             return False
         last = summaries.read_metrics(self.model_dir)
         return last is None or int(last.get("step", -1)) < step
+
+    def _bad_records_skipped(self) -> int:
+        """Bad training records skipped since this trainer was created."""
+        return record_policy.skipped_count() - self._skipped_before
 
     def _request_stop(self, signum, frame):
         del frame
@@ -318,7 +323,7 @@ class Trainer:
         )
         scalars = dict(losses)
         scalars.update(learning_rate=lr, steps_per_sec=steps_per_sec, images_per_sec=images_per_sec)
-        skipped = record_policy.skipped_count()
+        skipped = self._bad_records_skipped()
         if skipped:
             logging.warning("%d bad training record(s) skipped so far (named above).", skipped)
             scalars["bad_records_skipped"] = skipped
@@ -355,8 +360,8 @@ class Trainer:
             gather=distribute_utils.num_workers(self.strategy) > 1,
             image_summaries=self.image_summaries,
         )
-        if record_policy.skipped_count():  # on_bad_record='skip' dropped some records
-            metrics = dict(metrics, bad_records_skipped=record_policy.skipped_count())
+        if self._bad_records_skipped():  # on_bad_record='skip' dropped some records
+            metrics = dict(metrics, bad_records_skipped=self._bad_records_skipped())
         record = {"step": int(step), **metrics}
         if self.chief:
             writer = summaries.SummaryWriter(os.path.join(self.model_dir, "eval"))
