@@ -228,7 +228,7 @@ class MaskRCNNDemoTest(unittest.TestCase):
         result = run_train(
             os.path.join(tmp, "model_raise"),
             ["demo/maskrcnn_tiny_copy_paste.gin"],
-            [*bindings[:1], *bindings[2:], f"TRAIN_FILES='{bad.path}'"],
+            [*bindings[1:], f"TRAIN_FILES='{bad.path}'"],
             timeout=1200,
         )
         self.assertEqual(result.returncode, 1, result.stderr[-3000:])
@@ -269,7 +269,7 @@ class LvisTinyTest(unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr[-3000:])
         self.assertRegex(
             result.stderr,
-            r"Repeat factor sampling \(t=0\.3\): 24 records, mean factor 1\.[0-9]*[1-9]",
+            r"Repeat factor sampling \(t=0\.3\): 24 records, mean factor (?!1\.000)\d+\.\d{3}",
         )
         with open(os.path.join(model_dir, "metrics.json")) as f:
             metrics = json.load(f)
