@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 
+import tensorflow as tf
 from absl import app, flags, logging
 
 from tfcp import distribute_utils, gin_utils, trainer
@@ -44,6 +45,12 @@ def main(argv):
             gin_bindings=FLAGS.gin_bindings,
             strategy=strategy,
         )
+    except tf.errors.InvalidArgumentError as e:  # e.g. a bad record met by the image summary
+        bad = record_policy.as_bad_record_error(e)
+        if bad is None:
+            raise
+        logging.error("%s", bad)
+        sys.exit(f"ERROR: {bad}")
     except (FileNotFoundError, trainer.NonFiniteLossError, record_policy.BadRecordError) as e:
         logging.error("%s", e)
         sys.exit(f"ERROR: {e}")
