@@ -58,6 +58,10 @@ class Trainer:
         the step (see tfcp/data/records.py); 'restart': the input starts over from its
         first batch (the pre-0.2 behaviour of the paper configs).
       image_summaries: write `task.sample_images` pictures to TensorBoard.
+      seed: None (default) leaves weight initialization unseeded; an int seeds Python,
+        NumPy and TF (`tf_keras.utils.set_random_seed`) before the model is built, so
+        runs with the same seed start from the same weights (the input pipeline has its
+        own `build_dataset.seed`).
       gin_files, gin_bindings: the command line, recorded at the top of config.gin.
     """
 
@@ -78,6 +82,7 @@ class Trainer:
         init_checkpoint: str | None = None,
         resume_data_position: str = "exact",
         image_summaries: bool = True,
+        seed: int | None = None,
         gin_files: Sequence[str] = (),
         gin_bindings: Sequence[str] = (),
     ):
@@ -121,6 +126,8 @@ class Trainer:
         self._write_dir = checkpointing.write_dir(
             model_dir, self.chief, distribute_utils.worker_id(self.strategy)
         )
+        if seed is not None:
+            tf_keras.utils.set_random_seed(int(seed))
         with self.strategy.scope():
             self.model = task.build_model()
             optimizer = optimizer_fn()
