@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import sys
 
-import tensorflow as tf
-from absl import app, flags, logging
+from tfcp import console
 
-from tfcp import distribute_utils, gin_utils, trainer
-from tfcp.data import record_policy
+if __name__ == "__main__":
+    console.setup()  # before TensorFlow is imported
+
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from tfcp import distribute_utils, gin_utils, trainer  # noqa: E402
+from tfcp.data import record_policy  # noqa: E402
 
 PREEMPTED_EXIT_CODE = 143
 

@@ -14,8 +14,13 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from tfcp.data import coco_converter
-from tfcp.data import converter_cli as cli
+from tfcp import console
+
+if __name__ == "__main__":
+    console.setup()  # before TensorFlow is imported
+
+from tfcp.data import coco_converter  # noqa: E402
+from tfcp.data import converter_cli as cli  # noqa: E402
 
 _IMAGE_DIR = flags.DEFINE_string("image_dir", None, "Folder of the images.")
 _ANNOTATIONS_JSON = flags.DEFINE_string("annotations_json", None, "COCO or LVIS instances JSON.")

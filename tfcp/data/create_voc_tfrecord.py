@@ -13,8 +13,13 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from tfcp.data import converter_cli as cli
-from tfcp.data import voc_converter
+from tfcp import console
+
+if __name__ == "__main__":
+    console.setup()  # before TensorFlow is imported
+
+from tfcp.data import converter_cli as cli  # noqa: E402
+from tfcp.data import voc_converter  # noqa: E402
 
 _VOC_ROOT = flags.DEFINE_string(
     "voc_root", None, "VOCdevkit folder (with VOC2007/ and/or VOC2012/)."

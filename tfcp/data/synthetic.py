@@ -40,6 +40,7 @@ import numpy as np
 from absl import app, flags
 from pycocotools import mask as mask_utils
 
+from tfcp import console
 from tfcp.data.synthetic_scenes import generate_scene, image_rng, image_shape, save_jpeg
 from tfcp.data.synthetic_voc import VOC_CLASSES, write_voc  # noqa: F401 (public API)
 
@@ -376,5 +377,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    console.setup()
     define_flags()
     app.run(main)
