@@ -37,8 +37,9 @@ TRAIN_BINDINGS=(
 )
 GIN=gin_configs/demo/maskrcnn_tiny_copy_paste.gin
 
-stamp "3/6 drawing augmented training samples -> $OUT/augmented_samples.png"
-$PY -m tfcp.visualize --gin_file=$GIN "${BINDINGS[@]}" --output "$OUT/augmented_samples.png"
+stamp "3/6 drawing augmented training samples (384 px tiles, class names) -> $OUT/augmented_samples.png"
+$PY -m tfcp.visualize --gin_file=$GIN "${BINDINGS[@]}" --tile_size 384 \
+  --label_map "$OUT/records/train_label_map.json" --output "$OUT/augmented_samples.png"
 
 stamp "4/6 training a tiny Mask R-CNN with Copy-Paste for $STEPS steps, then COCO evaluation"
 rm -rf "$OUT/model"
@@ -49,10 +50,10 @@ stamp "5/6 exporting a SavedModel -> $OUT/export"
 $PY export/export_saved_model.py --gin_file=$GIN "${BINDINGS[@]}" --model_dir "$OUT/model" \
   --export_dir "$OUT/export" --input_type image_tensor --overwrite
 
-stamp "6/6 predictions of the exported model on val images -> $OUT/predictions.png"
+stamp "6/6 predictions of the exported model on val images (384 px tiles) -> $OUT/predictions.png"
 IMAGES=()
 for f in $(ls "$OUT"/coco/val2017/*.jpg | head -n 4); do IMAGES+=(--image "$f"); done
 $PY -m tfcp.visualize --mode=predictions --saved_model "$OUT/export" "${IMAGES[@]}" \
-  --min_score 0.3 --output "$OUT/predictions.png"
+  --min_score 0.3 --tile_size 384 --output "$OUT/predictions.png"
 
 stamp "done: $OUT/augmented_samples.png, $OUT/model (checkpoints, TensorBoard, metrics.json), $OUT/export, $OUT/predictions.png"

@@ -46,6 +46,73 @@ class DrawTest(tf.test.TestCase):
         self.assertTrue((bottom_pasted == 255).all(axis=-1).any())
         self.assertTrue((bottom_pasted == draw.color(0)).all(axis=-1).any())
 
+    def test_mask_outline_is_the_border_band(self):
+        mask = np.zeros([8, 8], np.uint8)
+        mask[1:7, 2:8] = 1
+        outline = draw.mask_outline(mask, 1)
+        self.assertTrue(outline[1, 2:8].all() and outline[1:7, 2].all())
+        self.assertFalse(outline[2:6, 3:7].any())  # the inside
+        self.assertFalse(outline[0].any())  # outside the mask
+        self.assertEqual(draw.mask_outline(mask, 3).sum(), mask.sum())  # 6 wide: all border
+
+    def test_text_color_contrasts_with_the_label_fill(self):
+        self.assertEqual(draw.text_color((255, 255, 0)), (0, 0, 0))
+        self.assertEqual(draw.text_color((30, 30, 200)), (255, 255, 255))
+
+    def test_render_draws_at_display_size_with_visible_mask_and_label(self):
+        """A 32x64 image drawn 384 wide: scale 6, so the mask is 6x larger, lines stay sharp."""
+        image = np.full([32, 64, 3], 100, np.uint8)
+        mask = np.zeros([1, 32, 64], np.uint8)
+        mask[0, 10:30, 20:60] = 1
+        box = np.array([[10.0, 20.0, 30.0, 60.0]])
+        out = draw.render(image, box, [7], mask, size=384, class_names={7: "cat"}, scores=[0.9])
+        self.assertEqual(out.shape, (192, 384, 3))
+        red = np.asarray(draw.color(0))
+        # Mask: translucent fill inside (gray 100 -> 0.55 * 100 + 0.45 * color), outline on it.
+        self.assertAllClose(out[120, 240], np.round(100 * 0.55 + red * 0.45), atol=1)
+        self.assertAllEqual(out[179, 240], red)  # bottom band of the mask outline (y 174..179)
+        self.assertAllEqual(out[185, 240], [100, 100, 100])  # below the object: untouched
+        # Label: right above the box (top y = 60), inside a black border; its fill (seen in
+        # the left padding column x = 121) as tall as the text (font 384 / 24 = 16 px).
+        self.assertAllEqual(out[59, 121], [0, 0, 0])
+        label_rows = np.nonzero((out[:60, 121] == red).all(-1))[0]
+        self.assertGreaterEqual(len(label_rows), 12)
+        self.assertEqual(label_rows.max(), 58)
+        label = out[label_rows.min() : 59, 121:200]
+        self.assertGreater((label > 200).all(-1).sum(), 40)  # white (anti-aliased) text
+        self.assertAllEqual(out[30, 300], [100, 100, 100])  # beside the label: untouched
+
+    def test_label_size_follows_the_image(self):
+        def label_height(size):
+            image = np.zeros([size, size, 3], np.uint8)
+            box = np.array([[size / 2, size / 4, size * 0.9, size * 0.9]])
+            out = draw.draw_instances(image, box, [1])
+            column = out[: int(size / 2), int(size / 4) + 2]
+            return int((column == draw.color(0)).all(-1).sum())
+
+        small, large = label_height(96), label_height(768)
+        self.assertGreaterEqual(small, 10)
+        self.assertGreaterEqual(large, 2.5 * small)
+
+    def test_labels_do_not_cover_each_other(self):
+        image = np.zeros([200, 200, 3], np.uint8)
+        boxes = np.array([[100.0, 50.0, 150.0, 150.0], [100.0, 50.0, 180.0, 120.0]])
+        out = draw.draw_instances(image, boxes, [1, 2])
+        column = out[:, 51]  # the labels' left padding
+        rows = [np.nonzero((column == draw.color(i)).all(-1))[0] for i in range(2)]
+        self.assertGreaterEqual(len(rows[0]), 10)  # the first label, above its box, whole
+        self.assertGreaterEqual(len(rows[1]), 10)  # the second moved inside its box
+        self.assertLess(rows[0].max(), 100)
+        self.assertGreater(rows[1].min(), 100)
+
+    def test_fit_tile_pads_to_a_square(self):
+        tile = draw.fit_tile(np.zeros([3, 5, 3], np.uint8), 6)
+        self.assertEqual(tile.shape, (6, 6, 3))
+        self.assertEqual(tile[:3, :5].max(), 0)
+        self.assertTrue((tile[3:] == 255).all() and (tile[:, 5:] == 255).all())
+        with self.assertRaisesRegex(ValueError, "does not fit"):
+            draw.fit_tile(np.zeros([7, 5, 3], np.uint8), 6)
+
     def test_make_grid(self):
         tiles = [np.full([4, 6, 3], i, np.uint8) for i in range(5)]
         grid = draw.make_grid(tiles, columns=3, gap=2)

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from tfcp import predict
+from tfcp import draw, predict
 from tfcp.data import schema
 from tfcp.serving import detection, export_lib
 
@@ -102,13 +102,28 @@ class PredictTest(tf.test.TestCase):
         with self.assertRaisesRegex(FileNotFoundError, "no SavedModel"):
             predict.Predictor(self.tmp)
 
-    def test_predictions_grid(self):
+    def test_predictions_grid_tiles_are_readable(self):
+        """Default 384 px tiles: the 100x200 image is drawn 192x384, white below it."""
         grid = predict.predictions_grid(
-            self.dirs["image_bytes"], [self.image_path] * 3, tile_size=64, columns=2
+            self.dirs["image_bytes"], [self.image_path] * 3, min_score=0.7, columns=2
         )
         self.assertEqual(grid.dtype, np.uint8)
-        self.assertGreaterEqual(grid.shape[0], 128)
-        self.assertGreaterEqual(grid.shape[1], 128)
+        self.assertEqual(grid.shape, (2 * 384 + 4, 2 * 384 + 4, 3))
+        tile = grid[:384, :384]
+        self.assertTrue((tile[192:] == 255).all())  # padding below the image
+        self.assertTrue((grid[388:, 388:] == 255).all())  # the empty fourth cell
+        # Kept detection (50, 100, 100, 200) x 1.92 = (96, 192, 192, 384), all-one mask:
+        # gray 100 tinted with the first instance color inside, gray outside.
+        red = np.asarray(draw.color(0))
+        self.assertAllClose(tile[150, 300], np.round(100 * 0.55 + red * 0.45), atol=1)
+        self.assertAllEqual(tile[20, 20], [100, 100, 100])
+        # Its label "cat 0.90" right above the box: a 16 px font on the instance color.
+        label = tile[:96, 193:300]
+        label_rows = np.nonzero((label[:, 0] == red).all(-1))[0]
+        self.assertGreaterEqual(len(label_rows), 12)
+        self.assertGreater((label > 200).all(-1).sum(), 40)  # white text
+        small = predict.predictions_grid(self.dirs["image_bytes"], [self.image_path], tile_size=64)
+        self.assertEqual(small.shape, (64, 64, 3))
 
     def test_cli_writes_png(self):
         output = os.path.join(self.tmp, "pred.png")
@@ -130,7 +145,8 @@ class PredictTest(tf.test.TestCase):
         self.assertEqual(result.returncode, 0, msg=result.stderr[-2000:])
         summary = json.loads(result.stdout.strip().splitlines()[-1])
         self.assertEqual(summary["detections"], 1)
-        self.assertEqual(Image.open(output).size, (200, 100))
+        self.assertEqual(Image.open(output).format, "PNG")
+        self.assertEqual(Image.open(output).size, (384, 192))  # drawn at >= 384 px
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Tests for tfcp.visualize and the shipped gin_configs/data/*.gin files."""
 
 import glob
+import json
 import os
 import tempfile
 
@@ -11,7 +12,7 @@ from absl import app, flags
 from absl.testing import flagsaver
 from PIL import Image
 
-from tfcp import visualize
+from tfcp import draw, gin_utils, visualize
 from tfcp.data import pipeline, schema
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,6 +45,11 @@ def _write_records(path: str, num: int = 4) -> None:
             writer.write(example.SerializeToString())
 
 
+def _parse(gin_files, bindings):
+    """As the CLI parses (data/*.gin include their parts as 'data/...')."""
+    gin_utils.parse_gin(gin_files, bindings, finalize_config=False)
+
+
 class VisualizeTest(tf.test.TestCase):
     def setUp(self):
         super().setUp()
@@ -66,25 +72,26 @@ class VisualizeTest(tf.test.TestCase):
         self._tmp.cleanup()
         super().tearDown()
 
-    def test_every_data_gin_file_parses_with_its_settings(self):
-        self.assertLen(DATA_GIN, 4)
+    def test_every_augmentation_gin_file_parses_with_its_settings(self):
+        # Other data/*.gin files (e.g. service.gin) are parts these four include.
         expected = {
             "lsj_copy_paste": (1.0, (0.1, 2.0)),
             "ssj_copy_paste": (1.0, (0.8, 1.25)),
             "lsj": (0.0, (0.1, 2.0)),
             "ssj": (0.0, (0.8, 1.25)),
         }
-        for path in DATA_GIN:
-            name = os.path.basename(path)[: -len(".gin")]
+        for name in expected:
+            path = os.path.join(REPO, "gin_configs", "data", f"{name}.gin")
+            self.assertIn(path, DATA_GIN)
             gin.clear_config()
-            gin.parse_config_files_and_bindings([path], self.bindings)
+            _parse([path], self.bindings)
             query = gin.query_parameter
             self.assertEqual(query("train/build_dataset.copy_paste_prob"), expected[name][0])
             self.assertEqual(query("train/build_dataset.main_scale_range"), expected[name][1])
             self.assertFalse(query("eval/build_dataset.is_training"))
 
     def test_train_and_eval_build_from_gin_and_mark_pasted_objects(self):
-        gin.parse_config_files_and_bindings(
+        _parse(
             [LSJ_CP],
             self.bindings
             + [
@@ -105,7 +112,8 @@ class VisualizeTest(tf.test.TestCase):
             batches = list(pipeline.build_dataset())
         self.assertEqual([b[0].shape[0] for b in batches], [2, 2])
 
-    def test_main_writes_a_grid(self):
+    def test_main_writes_a_grid_of_readable_tiles(self):
+        """64 px samples are drawn on 384 px tiles (the default), masks and boxes visible."""
         output = os.path.join(self._tmp.name, "grid.png")
         bindings = [b for b in self.bindings if not b.startswith("EVAL_FILES")]
         flags.FLAGS.mark_as_parsed()
@@ -113,10 +121,31 @@ class VisualizeTest(tf.test.TestCase):
             gin_file=[LSJ_CP], gin_bindings=bindings, output=output, num_images=3, columns=2
         ):
             visualize.main([])
+        self.assertEqual(Image.open(output).format, "PNG")
         grid = np.asarray(Image.open(output))
-        self.assertEqual(grid.shape, (2 * SIZE + 4, 2 * SIZE + 4, 3))
-        self.assertTrue((grid[SIZE + 4 :, SIZE + 4 :] == 255).all())  # empty fourth cell
-        self.assertFalse((grid[:SIZE, :SIZE] == 255).all())
+        tile = draw.DEFAULT_TILE_SIZE
+        self.assertEqual(tile, 384)
+        self.assertEqual(grid.shape, (2 * tile + 4, 2 * tile + 4, 3))
+        self.assertTrue((grid[tile + 4 :, tile + 4 :] == 255).all())  # empty fourth cell
+        first = grid[:tile, :tile]
+        # Every sample holds objects (masks of 2 boxes + pastes): the first instance's box
+        # and mask outline are drawn in its pure color, 2+ px wide at this size.
+        self.assertGreater((first == draw.color(0)).all(-1).sum(), 300)
+
+    def test_tile_size_zero_keeps_the_training_size(self):
+        _parse([LSJ_CP], self.bindings)
+        tiles = visualize.sample_tiles(2, tile_size=0)
+        self.assertEqual([t.shape for t in tiles], [(SIZE, SIZE, 3)] * 2)
+
+    def test_label_map_names_the_classes(self):
+        path = os.path.join(self._tmp.name, "train_label_map.json")
+        with open(path, "w") as f:
+            json.dump({"1": "person", "3": "car"}, f)
+        flags.FLAGS.mark_as_parsed()
+        with flagsaver.flagsaver(label_map=path):
+            self.assertEqual(visualize.load_class_names(flags.FLAGS), {1: "person", 3: "car"})
+        with flagsaver.flagsaver(label_map=path, class_names=["bg", "a"]):
+            self.assertEqual(visualize.load_class_names(flags.FLAGS), ["bg", "a"])
 
     def test_unknown_mode_is_a_usage_error(self):
         flags.FLAGS.mark_as_parsed()

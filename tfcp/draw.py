@@ -1,7 +1,11 @@
 """Drawing helpers (numpy + PIL): instance masks, boxes, labels, image grids.
 
 Used for augmented training samples (`python -m tfcp.visualize`) and for predictions.
-All functions take and return numpy arrays; nothing here depends on TensorFlow.
+`render` scales an image to display size (grid tiles: `DEFAULT_TILE_SIZE`, 384 px) before
+drawing, so translucent masks with outlines, boxes and labels (font and line width follow
+the drawing's size; label text black or white against its fill) read well even for 128 px
+training images. All functions take and return numpy arrays; nothing here depends on
+TensorFlow.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from PIL import Image, ImageDraw, ImageFont
 MEAN_NORM = (0.485, 0.456, 0.406)
 STDDEV_NORM = (0.229, 0.224, 0.225)
 PASTED_OUTLINE = (255, 255, 255)
+# Grid tiles are drawn this large by default: masks and labels readable on screen.
+DEFAULT_TILE_SIZE = 384
 
 
 def color(index: int) -> tuple[int, int, int]:
@@ -73,8 +79,13 @@ def draw_instances(
     is_pasted: Sequence[bool] | None = None,
     class_names: dict[int, str] | Sequence[str] | None = None,
     alpha: float = 0.45,
+    font_size: int | None = None,
+    line_width: int | None = None,
 ) -> np.ndarray:
-    """Draws translucent masks, boxes and labels of N instances on an image.
+    """Draws masks (translucent fill + outline), boxes and labels of N instances on an image.
+
+    Draws at the image's own resolution: to show a small image larger, use `render`, which
+    scales the image first so lines and labels stay sharp.
 
     Args:
       image: uint8 [H, W, 3].
@@ -84,38 +95,142 @@ def draw_instances(
       scores: optional N scores appended to the labels.
       is_pasted: optional N flags; pasted objects get a white dashed outline and a "P" tag.
       class_names: optional id -> name mapping (dict, or a sequence indexed by id).
-      alpha: mask opacity.
+      alpha: mask fill opacity.
+      font_size: label text size in pixels (default: the longer image side / 24, >= 10).
+      line_width: box and mask outline width (default: the longer image side / 192, >= 2).
 
     Returns:
       uint8 [H, W, 3], a new array.
     """
+    height, width = np.asarray(image).shape[:2]
+    font_size = font_size or max(10, round(max(height, width) / 24))
+    line_width = line_width or max(2, round(max(height, width) / 192))
     canvas = np.asarray(image, np.float32).copy()
     n = len(classes)
     if masks is not None:
         for i in range(n):
             m = np.asarray(masks[i]) > 0
             canvas[m] = canvas[m] * (1 - alpha) + np.asarray(color(i), np.float32) * alpha
+        for i in range(n):
+            canvas[mask_outline(masks[i], line_width // 2 + 1)] = color(i)
     out = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
-    font = ImageFont.load_default()
+    pasted = [bool(p) for p in is_pasted] if is_pasted is not None else [False] * n
     for i in range(n):
         y0, x0, y1, x1 = (float(v) for v in boxes[i])
-        pasted = bool(is_pasted[i]) if is_pasted is not None else False
-        rgb = color(i)
-        if pasted:
-            _dashed_rectangle(draw, (x0, y0, x1, y1), PASTED_OUTLINE, rgb)
+        if pasted[i]:
+            _dashed_rectangle(
+                draw, (x0, y0, x1, y1), PASTED_OUTLINE, color(i), 3.0 * line_width, line_width
+            )
         else:
-            draw.rectangle((x0, y0, x1, y1), outline=rgb, width=2)
+            draw.rectangle((x0, y0, x1, y1), outline=color(i), width=line_width)
+    font, placed = _font(font_size), []
+    for i in range(n):  # labels last: no box or outline crosses a label
         label = _name(int(classes[i]), class_names)
         if scores is not None:
             label += f" {float(scores[i]):.2f}"
-        if pasted:
+        if pasted[i]:
             label = "P " + label
-        tx, ty = x0 + 2, max(y0 - 11, 0)
-        left, top, right, bottom = draw.textbbox((tx, ty), label, font=font)
-        draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=rgb)
-        draw.text((tx, ty), label, fill=(0, 0, 0), font=font)
+        _label(draw, label, boxes[i], color(i), font, (width, height), placed)
     return np.asarray(out)
+
+
+def mask_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """bool [H, W]: the pixels of a 0/1 [H, W] mask within `width` of its border."""
+    inner = np.asarray(mask) > 0
+    for _ in range(width):
+        padded = np.pad(inner, 1)
+        inner = inner & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return (np.asarray(mask) > 0) & ~inner
+
+
+def text_color(background: Sequence[int]) -> tuple[int, int, int]:
+    """Black or white, whichever contrasts more with an RGB background (Rec. 601 luma)."""
+    r, g, b = background[:3]
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b >= 128 else (255, 255, 255)
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)  # scalable (Pillow >= 10.1 with FreeType)
+    except (TypeError, AttributeError, OSError):
+        return ImageFont.load_default()
+
+
+def _label(draw, text, box, rgb, font, image_size, placed: list, pad: int = 2) -> None:
+    """The label on a filled box of the instance color (text black or white, by contrast).
+
+    Placed above the box, else inside its top, else below it: the first spot inside the
+    image that overlaps no label in `placed` (else the first spot inside the image).
+    """
+    width, height = image_size
+    y0, x0, y1 = float(box[0]), float(box[1]), float(box[2])
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    w, h = right - left + 2 * pad, bottom - top + 2 * pad
+    x = min(max(x0, 0.0), max(width - w, 0))
+    spots = [min(max(y, 0.0), max(height - h, 0)) for y in (y0 - h, y0, y1)]
+
+    def free(y):
+        return all(x >= r or x + w <= l_ or y >= b or y + h <= t for l_, t, r, b in placed)
+
+    y = next((y for y in spots if free(y)), spots[0])
+    placed.append((x, y, x + w, y + h))
+    draw.rectangle((x, y, x + w - 1, y + h - 1), fill=rgb, outline=(0, 0, 0))
+    draw.text((x + pad - left, y + pad - top), text, fill=text_color(rgb), font=font)
+
+
+def render(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    classes: Sequence[int],
+    masks: np.ndarray | None = None,
+    *,
+    size: int = DEFAULT_TILE_SIZE,
+    **kwargs,
+) -> np.ndarray:
+    """`draw_instances` at display size: the image is scaled so its longer side is `size`.
+
+    Scaling happens before drawing (image bilinear, masks bilinear then thresholded at 0.5,
+    boxes multiplied), so outlines and label text are drawn sharp at the output resolution.
+
+    Args:
+      image: uint8 [H, W, 3].
+      boxes: float [N, 4] pixel [ymin, xmin, ymax, xmax] in `image`.
+      classes: N class ids.
+      masks: optional 0/1 [N, H, W].
+      size: the longer side of the output.
+      **kwargs: `draw_instances` options.
+
+    Returns:
+      uint8 [round(H * s), round(W * s), 3] with s = size / max(H, W).
+    """
+    height, width = np.asarray(image).shape[:2]
+    scale = size / max(height, width)
+    out_h, out_w = max(1, round(height * scale)), max(1, round(width * scale))
+    if (out_h, out_w) != (height, width):
+        image = Image.fromarray(np.asarray(image, np.uint8)).resize((out_w, out_h), Image.BILINEAR)
+        image = np.asarray(image)
+        boxes = np.asarray(boxes, np.float32).reshape([-1, 4]) * scale
+        if masks is not None:
+            masks = [_resize_mask(m, out_h, out_w) for m in masks]
+    return draw_instances(image, boxes, classes, masks, **kwargs)
+
+
+def _resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    resized = Image.fromarray(np.asarray(mask, np.float32), mode="F").resize(
+        (width, height), Image.BILINEAR
+    )
+    return (np.asarray(resized) >= 0.5).astype(np.uint8)
+
+
+def fit_tile(image: np.ndarray, size: int, fill: int = 255) -> np.ndarray:
+    """Pads uint8 [H, W, 3] (H, W <= size) at the bottom/right to [size, size, 3]."""
+    height, width = image.shape[:2]
+    if height > size or width > size:
+        raise ValueError(f"fit_tile: a {height}x{width} image does not fit a {size} tile")
+    tile = np.full([size, size, 3], fill, np.uint8)
+    tile[:height, :width] = image
+    return tile
 
 
 def _name(class_id: int, class_names) -> str:

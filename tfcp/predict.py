@@ -1,7 +1,7 @@
 r"""Runs an exported detection SavedModel on image files and draws the predictions.
 
   python -m tfcp.predict --saved_model=/tmp/m/export --image=photo.jpg --output=pred.png \
-      [--min_score=0.5]
+      [--min_score=0.5] [--display_size=384]
 
 Library: `Predictor(saved_model_dir).predict_file(path)` returns the detections of one
 image as numpy (only the first `num_detections`, scores >= min_score), `draw_file` draws
@@ -19,12 +19,18 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow as tf
 from absl import app, flags
 from PIL import Image
 
-from tfcp import draw
-from tfcp.data import decoder, schema
+from tfcp import console
+
+if __name__ == "__main__":
+    console.setup()  # before TensorFlow is imported
+
+import tensorflow as tf  # noqa: E402
+
+from tfcp import draw  # noqa: E402
+from tfcp.data import decoder, schema  # noqa: E402
 
 INFO_FILE = "export_info.json"
 
@@ -101,20 +107,30 @@ class Predictor:
         except tf.errors.InvalidArgumentError as error:
             raise ValueError(f"{path}: not a decodable image ({error.message})") from error
 
-    def draw(self, result: dict[str, np.ndarray]) -> np.ndarray:
-        """uint8 [H, W, 3]: a `predict_*` result drawn on its image."""
-        return draw.draw_instances(
+    def draw(self, result: dict[str, np.ndarray], size: int | None = None) -> np.ndarray:
+        """A `predict_*` result drawn on its image.
+
+        Args:
+          result: a `predict_*` result.
+          size: the longer side of the drawing (None: the image's own size). The image is
+            scaled before drawing (`draw.render`), so labels and outlines stay sharp.
+
+        Returns:
+          uint8 [H', W', 3], the image's aspect ratio.
+        """
+        return draw.render(
             result["image"],
             result["boxes"],
             result["classes"],
             result.get("masks"),
+            size=size or max(result["image"].shape[:2]),
             scores=result["scores"],
             class_names=self.class_names,
         )
 
-    def draw_file(self, path: str, min_score: float = 0.5) -> np.ndarray:
-        """uint8 [H, W, 3]: the image at `path` with its predictions drawn."""
-        return self.draw(self.predict_file(path, min_score))
+    def draw_file(self, path: str, min_score: float = 0.5, size: int | None = None) -> np.ndarray:
+        """uint8 [H', W', 3]: the image at `path` with its predictions drawn (see `draw`)."""
+        return self.draw(self.predict_file(path, min_score), size)
 
 
 def predictions_grid(
@@ -122,16 +138,28 @@ def predictions_grid(
     image_paths: Sequence[str],
     *,
     min_score: float = 0.5,
-    tile_size: int = 0,
+    tile_size: int = draw.DEFAULT_TILE_SIZE,
     columns: int = 4,
 ) -> np.ndarray:
-    """A grid of drawn predictions (tiles resized to `tile_size`, or to the first image)."""
+    """A grid of drawn predictions, one square tile per image.
+
+    Args:
+      saved_model_dir: the exported detection SavedModel.
+      image_paths: image files.
+      min_score: detections below it are not drawn.
+      tile_size: tile side in pixels; each image is scaled so its longer side fills the tile,
+        then drawn (0: the first image's longer side).
+      columns: tiles per grid row.
+
+    Returns:
+      uint8 grid of `tile_size` tiles (`draw.make_grid`); white around non-square images.
+    """
     if not image_paths:
         raise ValueError("predictions_grid: no images given")
     predictor = Predictor(saved_model_dir)
-    tiles = [predictor.draw_file(p, min_score) for p in image_paths]
-    size = (tile_size, tile_size) if tile_size else tiles[0].shape[1::-1]
-    tiles = [np.asarray(Image.fromarray(t).resize(size, Image.BILINEAR)) for t in tiles]
+    results = [predictor.predict_file(p, min_score) for p in image_paths]
+    tile_size = tile_size or max(results[0]["image"].shape[:2])
+    tiles = [draw.fit_tile(predictor.draw(r, tile_size), tile_size) for r in results]
     return draw.make_grid(tiles, columns=columns)
 
 
@@ -143,6 +171,12 @@ def _define_flags():
     flags.DEFINE_string("image", None, "Input image (JPEG/PNG).")
     flags.DEFINE_string("output", "pred.png", "Output PNG.")
     flags.DEFINE_float("min_score", 0.5, "Draw detections with at least this score.")
+    flags.DEFINE_integer(
+        "display_size",
+        draw.DEFAULT_TILE_SIZE,
+        "The drawing's longer side is at least this many pixels (smaller images are scaled "
+        "up before drawing; 0: the image's own size).",
+    )
     flags.mark_flags_as_required(["saved_model", "image"])
 
 
@@ -150,7 +184,8 @@ def main(argv) -> None:
     del argv
     predictor = Predictor(FLAGS.saved_model)
     result = predictor.predict_file(FLAGS.image, FLAGS.min_score)
-    Image.fromarray(predictor.draw(result)).save(FLAGS.output)
+    size = max(*result["image"].shape[:2], FLAGS.display_size)
+    Image.fromarray(predictor.draw(result, size)).save(FLAGS.output)
     print(
         json.dumps(
             {"output": FLAGS.output, "detections": len(result["scores"]), "image": FLAGS.image}

@@ -5,8 +5,10 @@
       --gin_bindings="GLOBAL_BATCH_SIZE=8" --output=grid.png --num_images=8
 
 The samples come from the `train/build_dataset` pipeline exactly as the trainer sees them
-(un-normalized for display). Pasted objects have a dashed white/colored outline and a "P"
-tag.
+(un-normalized for display), scaled to `--tile_size` (384 px by default) before drawing so
+masks (translucent fill and outline), boxes and labels read well. Pasted objects have a
+dashed white/colored outline and a "P" tag; `--label_map=data/train_label_map.json` (the
+converter's) names the classes.
 
   python -m tfcp.visualize --mode=predictions --saved_model=EXPORT_DIR \
       --image=a.jpg [--image=b.jpg ...] --output=predictions.png [--min_score=0.5]
@@ -19,6 +21,7 @@ Each mode is a function `(flags) -> uint8 [H, W, 3]` in `MODES`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import gin
@@ -26,8 +29,13 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from tfcp import draw, gin_utils, predict
-from tfcp.data import pipeline
+from tfcp import console
+
+if __name__ == "__main__":
+    console.setup()  # before TensorFlow is imported
+
+from tfcp import draw, gin_utils, predict  # noqa: E402
+from tfcp.data import pipeline  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "Gin config files.")
@@ -36,16 +44,29 @@ flags.DEFINE_string("output", "grid.png", "Output PNG path.")
 flags.DEFINE_string("mode", "augmented", "What to draw (see MODES).")
 flags.DEFINE_integer("num_images", 8, "Number of samples.")
 flags.DEFINE_integer("columns", 4, "Images per grid row.")
-flags.DEFINE_integer("tile_size", 0, "Resize each sample to this size (0: keep).")
+flags.DEFINE_integer(
+    "tile_size",
+    draw.DEFAULT_TILE_SIZE,
+    "Grid tile size in pixels: each image is scaled so its longer side fills it, then drawn "
+    "(0: keep each image's own size).",
+)
 flags.DEFINE_integer("seed", None, "Overrides the pipeline seed.")
 flags.DEFINE_list("class_names", [], "Optional class names, index = class id.")
+flags.DEFINE_string(
+    "label_map", None, "Class names from a converter's {output_prefix}_label_map.json."
+)
 flags.DEFINE_string("saved_model", None, "predictions mode: exported detection SavedModel.")
 flags.DEFINE_multi_string("image", [], "predictions mode: input image file(s).")
 flags.DEFINE_float("min_score", 0.5, "predictions mode: draw detections scoring at least this.")
 
 
 def sample_tiles(
-    num_images: int, *, seed: int | None = None, class_names=None, scope: str = "train"
+    num_images: int,
+    *,
+    seed: int | None = None,
+    class_names=None,
+    scope: str = "train",
+    tile_size: int = draw.DEFAULT_TILE_SIZE,
 ) -> list[np.ndarray]:
     """Draws `num_images` augmented samples of the gin-configured `scope/build_dataset`.
 
@@ -54,9 +75,11 @@ def sample_tiles(
       seed: overrides the configured seed when not None.
       class_names: optional names for the labels.
       scope: the gin scope of the pipeline.
+      tile_size: the samples (IMAGE_SIZE squares) are scaled to this size before drawing,
+        so masks, outlines and labels are drawn at display resolution (0: IMAGE_SIZE).
 
     Returns:
-      uint8 [S, S, 3] images with masks, boxes and class labels drawn.
+      uint8 [T, T, 3] images with masks, boxes and class labels drawn (T = tile_size).
     """
     kwargs = dict(global_batch_size=num_images, keep_is_pasted=True)
     if seed is not None:
@@ -76,11 +99,12 @@ def sample_tiles(
             masks = draw.paste_crop_masks(crops, boxes, image.shape[0], image.shape[1])
         is_pasted = labels["gt_is_pasted"][i].numpy()[valid] if "gt_is_pasted" in labels else None
         tiles.append(
-            draw.draw_instances(
+            draw.render(
                 image,
                 boxes,
                 classes[valid],
                 masks,
+                size=tile_size or max(image.shape[:2]),
                 is_pasted=is_pasted,
                 class_names=class_names,
             )
@@ -88,14 +112,24 @@ def sample_tiles(
     return tiles
 
 
+def load_class_names(flags_) -> dict[int, str] | list[str] | None:
+    """`--class_names`, else the `--label_map` JSON ({"id": "name"}) as {id: name}, else None."""
+    if flags_.class_names:
+        return flags_.class_names
+    if not flags_.label_map:
+        return None
+    with open(flags_.label_map) as f:
+        return {int(k): v for k, v in json.load(f).items()}
+
+
 def augmented_grid(flags_) -> np.ndarray:
     """The `augmented` mode: a grid of training samples."""
     tiles = sample_tiles(
-        flags_.num_images, seed=flags_.seed, class_names=flags_.class_names or None
+        flags_.num_images,
+        seed=flags_.seed,
+        class_names=load_class_names(flags_),
+        tile_size=flags_.tile_size,
     )
-    if flags_.tile_size:
-        size = (flags_.tile_size, flags_.tile_size)
-        tiles = [np.asarray(Image.fromarray(t).resize(size, Image.BILINEAR)) for t in tiles]
     return draw.make_grid(tiles, columns=flags_.columns)
 
 
