@@ -222,19 +222,27 @@ def _terminal() -> tuple[int, int]:
 
 def _filter_stderr(min_level: int, drop_cuinit: bool) -> bool:
     """Routes fd 2 through the filter process; restores it (and drains) at exit."""
+    script = os.path.abspath(__file__)
+    if not sys.executable or not os.path.isfile(script):
+        return False  # e.g. a zipped install: no filter rather than a broken stderr
     try:
         sys.stderr.flush()
         saved = os.dup(2)
     except OSError:
         return False
     read_end, write_end = _terminal() if os.isatty(saved) else os.pipe()
-    child = subprocess.Popen(
-        [sys.executable, "-I", "-S", os.path.abspath(__file__), str(min_level), str(drop_cuinit)],
-        stdin=read_end,
-        stdout=saved,
-        stderr=saved,
-        start_new_session=True,  # Ctrl-C goes to the CLI, not to its console
-    )
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-I", "-S", script, str(min_level), str(drop_cuinit)],
+            stdin=read_end,
+            stdout=saved,
+            stderr=saved,
+            start_new_session=True,  # Ctrl-C goes to the CLI, not to its console
+        )
+    except OSError:
+        for fd in (read_end, write_end, saved):
+            os.close(fd)
+        return False
     os.close(read_end)
     os.dup2(write_end, 2)
     os.close(write_end)
