@@ -17,6 +17,7 @@ from unittest import mock
 
 import gin
 import pytest
+import tensorflow as tf
 
 from tfcp import gin_utils
 from tfcp.modeling import factory
@@ -164,3 +165,31 @@ def test_gin_file_parses_and_builds(path, model_cache, dummy_macros_file):
         else:
             model = factory.build_maskrcnn()
     assert len(model.variables) > 0, f"{path}: the model has no variables"
+
+
+@pytest.fixture(scope="module")
+def train_records(tmp_path_factory):
+    """A 10-record TRAIN_FILES (only counted, never decoded)."""
+    path = str(tmp_path_factory.mktemp("records") / "train-00000-of-00001.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for i in range(10):
+            writer.write(b"record %d" % i)
+    return path
+
+
+@pytest.mark.parametrize(
+    "path", GIN_FILES, ids=[os.path.relpath(p, gin_utils.GIN_CONFIGS_DIR) for p in GIN_FILES]
+)
+def test_gin_file_takes_train_epochs_instead_of_train_steps(path, dummy_macros_file, train_records):
+    """`--gin_bindings=TRAIN_EPOCHS=N` sizes every run: it replaces the dummy TRAIN_STEPS
+    and any TRAIN_STEPS the file fixes (runs/mmdet_*, lvis/*, voc/*)."""
+    _parse(dummy_macros_file, path)
+    has_run_length = "%TRAIN_STEPS" in gin.config_str()
+    bindings = [f"TRAIN_FILES = '{train_records}'", "TRAIN_EPOCHS = 3"]
+    if not has_run_length:  # a model or data fragment
+        with pytest.raises(gin_utils.GinConfigError, match="does not use TRAIN_STEPS"):
+            _parse(dummy_macros_file, path, bindings)
+        return
+    _parse(dummy_macros_file, path, bindings)
+    batch = gin.query_parameter("%GLOBAL_BATCH_SIZE")
+    assert gin.query_parameter("%TRAIN_STEPS") == -(-3 * 10 // batch), path
