@@ -1,9 +1,15 @@
 r"""Exports a trained tfcp model as a SavedModel for serving or for transfer.
 
-  python export/export_saved_model.py --gin_file=demo/maskrcnn_tiny_copy_paste.gin \
-      --model_dir=/tmp/m --export_dir=/tmp/m/export [--input_type=image_bytes] \
+  python export/export_saved_model.py --model_dir=/tmp/m --export_dir=/tmp/m/export \
+      [--gin_file=F ...] [--gin_bindings=...] [--input_type=image_bytes] \
       [--checkpoint=PATH] [--mask_output=full|relative|both] [--feature_extractor] \
       [--overwrite]
+
+Without --gin_file the configuration is the training run's own `model_dir/config.gin`
+(written by `python -m tfcp.train`). With --gin_file (e.g. the training config), the
+macros only training reads (`gin_utils.RUN_ONLY_MACROS`: TRAIN_FILES, EVAL_FILES,
+TRAIN_STEPS / TRAIN_EPOCHS, ...) need no value: the unbound ones are bound to None, as
+`export_dir/config.gin` records.
 
 Writes `export_dir/` (saved_model.pb, variables/), `export_dir/config.gin` (operative gin
 config) and `export_dir/export_info.json`. Exit code 0 on success, 1 on a clear error
@@ -21,10 +27,15 @@ from absl import app, flags, logging
 # Runnable as a script from any directory: make the repo's tfcp importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import tensorflow as tf  # noqa: E402
+
+from tfcp import summaries  # noqa: E402
 from tfcp.serving import detection, export_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("gin_file", [], "Gin config files (as for python -m tfcp.train).")
+flags.DEFINE_multi_string(
+    "gin_file", [], "Gin config files (as for python -m tfcp.train); default MODEL_DIR/config.gin."
+)
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. 'IMAGE_SIZE=256'.")
 flags.DEFINE_string("model_dir", None, "Training directory; its latest checkpoint is exported.")
 flags.DEFINE_string("export_dir", None, "Output SavedModel directory.")
@@ -43,14 +54,37 @@ flags.DEFINE_bool("overwrite", False, "Replace a non-empty --export_dir.")
 flags.mark_flags_as_required(["export_dir"])
 
 
+def default_gin_files(gin_files: list[str], model_dir: str | None) -> list[str]:
+    """`gin_files`, or the training run's `model_dir/config.gin` when none is given.
+
+    Raises:
+      FileNotFoundError: no --gin_file and no readable `model_dir/config.gin`.
+    """
+    if gin_files:
+        return list(gin_files)
+    if not model_dir:
+        raise FileNotFoundError("no --gin_file: give --gin_file or a --model_dir with config.gin")
+    path = os.path.join(model_dir, summaries.CONFIG_FILE)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(
+            f"no --gin_file and {path} does not exist (python -m tfcp.train writes it): "
+            "pass the training --gin_file"
+        )
+    return [path]
+
+
 def main(argv):
     del argv
     from tfcp import gin_utils  # noqa: PLC0415
 
     try:
+        gin_files = default_gin_files(FLAGS.gin_file, FLAGS.model_dir)
+        placeholders = gin_utils.placeholder_bindings(gin_files, FLAGS.gin_bindings)
+        if placeholders:
+            logging.info("Not read by export, bound to None: %s", ", ".join(placeholders))
         info = export_lib.export_from_gin(
-            FLAGS.gin_file,
-            FLAGS.gin_bindings,
+            gin_files,
+            [*FLAGS.gin_bindings, *placeholders],
             model_dir=FLAGS.model_dir,
             export_dir=FLAGS.export_dir,
             checkpoint=FLAGS.checkpoint,
@@ -60,7 +94,6 @@ def main(argv):
             overwrite=FLAGS.overwrite,
         )
     except (gin_utils.GinConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
-        logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps({"export_dir": FLAGS.export_dir, **info}))
