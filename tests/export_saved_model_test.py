@@ -166,6 +166,41 @@ class ExportSavedModelTest(tf.test.TestCase):
         with self.assertRaisesRegex(FileNotFoundError, "--model_dir with config.gin"):
             cli.default_gin_files([], None)
 
+    def test_exported_model_has_the_checkpoint_weights_and_serves(self):
+        self.assertEqual(self.first.returncode, 0, msg=self.first.stderr[-3000:])
+        loaded = tf.saved_model.load(self.export_dir)
+        markers = [v for v in loaded.model_variables if np.allclose(v.numpy(), MARKER_VALUE)]
+        self.assertLen(markers, 1)
+        image = np.random.RandomState(0).randint(0, 256, [1, 90, 120, 3]).astype(np.uint8)
+        out = loaded.signatures["serving_default"](images=tf.constant(image))
+        self.assertEqual(out["detection_boxes"].shape, (1, 20, 4))
+        self.assertEqual(out["detection_masks"].shape, (1, 20, 90, 120))
+        self.assertEqual(out["detection_classes"].dtype, tf.int32)
+
+    def test_non_empty_export_dir_is_refused_without_overwrite(self):
+        result = _run(
+            f"--gin_file={GIN_FILE}",
+            *[f"--gin_bindings={b}" for b in self.bindings],
+            f"--model_dir={self.model_dir}",
+            f"--export_dir={self.export_dir}",
+        )
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("--overwrite", result.stderr)
+        self.assertTrue(os.path.isfile(os.path.join(self.export_dir, "saved_model.pb")))
+
+    def test_missing_checkpoint_is_a_clear_error(self):
+        empty = os.path.join(self.tmp, "untrained")
+        os.makedirs(empty, exist_ok=True)
+        result = _run(
+            f"--gin_file={GIN_FILE}",
+            *[f"--gin_bindings={b}" for b in self.bindings],
+            f"--model_dir={empty}",
+            f"--export_dir={os.path.join(self.tmp, 'never')}",
+        )
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("no checkpoint found", result.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "never")))
+
 
 if __name__ == "__main__":
     tf.test.main()
