@@ -27,6 +27,11 @@ from absl import app, flags, logging
 # Runnable as a script from any directory: make the repo's tfcp importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tfcp import console  # noqa: E402
+
+if __name__ == "__main__":
+    console.setup()  # before TensorFlow is imported: keeps TF's C++/absl noise out
+
 import tensorflow as tf  # noqa: E402
 
 from tfcp import summaries  # noqa: E402

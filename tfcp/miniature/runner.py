@@ -53,7 +53,7 @@ class Regime:
     num_train: int = 400
     num_val: int = 100
     image_size: int = 128
-    steps: int = 3000
+    steps: int = 2000
     seeds: int = 3
     data_seed: int = 0
 
