@@ -47,7 +47,7 @@ $PY -m tfcp.train --gin_file=$GIN "${BINDINGS[@]}" "${TRAIN_BINDINGS[@]}" --mode
 echo "metrics.json:"; cat "$OUT/model/metrics.json"; echo
 
 stamp "5/6 exporting a SavedModel -> $OUT/export"
-$PY export/export_saved_model.py --gin_file=$GIN "${BINDINGS[@]}" --model_dir "$OUT/model" \
+$PY export/export_saved_model.py --model_dir "$OUT/model" \
   --export_dir "$OUT/export" --input_type image_tensor --overwrite
 
 stamp "6/6 predictions of the exported model on val images (384 px tiles) -> $OUT/predictions.png"
