@@ -33,6 +33,7 @@ ONEDNN = (
     b"2026-12-02 16:13:27.178927: E tensorflow/core/util/util.cc:131] oneDNN supports DT_UINT8 "
     b"only on platforms with AVX-512. Falling back to the default Eigen-based implementation.\n"
 )
+ONEDNN_BOOL = ONEDNN.replace(b"DT_UINT8", b"DT_BOOL")
 TSL_E = (
     b"2026-12-02 16:13:27.178927: E tensorflow/core/util/events_writer.cc:120] "
     b"Failed to flush 3 events to /tmp/m/events.out\n"
@@ -59,7 +60,7 @@ class IsVerboseTest(unittest.TestCase):
 
 class IsNoiseTest(unittest.TestCase):
     def test_known_noise_is_dropped(self):
-        for line in (ABSL_W, ABSL_I, BANNER, CUINIT, ONEDNN):
+        for line in (ABSL_W, ABSL_I, BANNER, CUINIT, ONEDNN, ONEDNN_BOOL):
             self.assertTrue(console.is_noise(line), line)
             self.assertTrue(console.is_noise(line.rstrip(b"\n")), line)
 

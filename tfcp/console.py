@@ -12,7 +12,8 @@ Sources of noise (TF 2.20 on a CPU machine) and what silences each:
   is imported unless the user set it. It keeps E lines; `=3` would also drop real errors
   (e.g. events_writer.cc "Failed to flush N events"), so it is not used.
 * E-level lines that are not errors: `failed call to cuInit` (a CUDA build on a machine
-  without an NVIDIA device) and "oneDNN supports DT_UINT8 only on platforms with AVX-512"
+  without an NVIDIA device) and "oneDNN supports DT_UINT8 (or DT_BOOL) only on platforms
+  with AVX-512"
   (a fallback notice). No level hides them without hiding real errors: the stderr filter
   below drops exactly these messages (cuInit only when no /dev/nvidiactl exists or
   CUDA_VISIBLE_DEVICES hides every GPU, so a broken driver on a GPU machine still shows).
@@ -63,7 +64,7 @@ _ABSL_BANNER = re.compile(
     rb"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
 )
 _ONEDNN_UINT8 = re.compile(
-    _TSL_HEAD + rb"E \S+\] oneDNN supports DT_UINT8 only on platforms with AVX-512"
+    _TSL_HEAD + rb"E \S+\] oneDNN supports DT_\w+ only on platforms with AVX-512"
 )
 _CUINIT = re.compile(_TSL_HEAD + rb"E \S+\] failed call to cuInit: ")
 _UNITS = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
