@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import gin
 import tensorflow as tf
 
-from tfcp.data import decoder, record_policy, records, sampling, targets
+from tfcp.data import decoder, record_policy, records, sampling, service, targets
 from tfcp.ops import copy_paste as copy_paste_lib
 from tfcp.ops import scale_jitter
 
@@ -102,6 +102,9 @@ def build_dataset(
     repeat_factor_threshold: float | None = None,
     on_bad_record: str = "raise",
     num_classes: int | None = None,
+    data_service_address: str | None = None,
+    data_service_processing_mode: str = "distributed_epoch",
+    data_service_job_name: str | None = None,
 ) -> tf.data.Dataset:
     """Builds the Mask R-CNN training or eval dataset.
 
@@ -152,6 +155,16 @@ def build_dataset(
         = off. Per-record factors come from the records' categories
         (`tfcp.data.sampling`); targets and pasted sources both come from the resampled
         stream.
+      data_service_address: training: the tf.data service dispatcher ('host:port', gin
+        macro DATA_SERVICE_ADDRESS) whose workers run this pipeline up to its batches
+        (decode, jitter, Copy-Paste, targets); None reads locally. The batch order then
+        depends on the workers' timing: no per-seed determinism, no exact resume (see
+        `tfcp.data.service`).
+      data_service_processing_mode: 'distributed_epoch' (workers share the stream, each
+        record once per epoch) or 'parallel_epochs' (every worker runs the whole stream:
+        use one worker only).
+      data_service_job_name: None: each iterator owns an anonymous job; a name: the job
+        '<name>-p<input pipeline>-s<start_step>', shared by iterators of that pipeline.
 
     Returns:
       A `tf.data.Dataset` of `(images float32 [B, S, S, 3], labels)`, see the module doc.
@@ -159,6 +172,10 @@ def build_dataset(
     Raises:
       ValueError: on a pattern matching no file or inconsistent settings.
     """
+    if data_service_address and not is_training:
+        raise ValueError(
+            "evaluation reads its records locally: data_service_address is for training"
+        )
     if image_size % 2**max_level:
         raise ValueError(f"image_size {image_size} must be a multiple of 2**max_level")
     if not 0.0 <= copy_paste_prob <= 1.0:
@@ -307,6 +324,13 @@ def build_dataset(
             lambda s, t: make_targets(t, s), num_parallel_calls=num_parallel_calls
         )
     dataset = dataset.batch(batch_size, drop_remainder=True)
+    if data_service_address:
+        dataset = service.distribute(
+            dataset,
+            data_service_address,
+            processing_mode=data_service_processing_mode,
+            job_name=service.job_name(data_service_job_name, pipeline_id, start_step),
+        )
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
