@@ -219,18 +219,13 @@ def distribute(
     )
 
 
-def serve_until_signal(
-    server, stop_event: threading.Event | None = None, stop_timeout: float = 10.0
-) -> int:
-    """Blocks until SIGTERM or SIGINT (or `stop_event`), then stops `server`.
+def wait_for_signal(stop_event: threading.Event | None = None) -> int:
+    """Blocks until SIGTERM or SIGINT (or `stop_event` is set); returns the signal (or 0).
 
-    TF's `stop()` can block for good (a worker whose task still has a consumer, or whose
-    dispatcher is gone, waits on open RPCs), so it gets `stop_timeout` seconds in a
-    background thread; the caller then exits the process either way (a server keeps no
-    state that a stop would save: the dispatcher's journal is written before each reply).
-
-    Returns:
-      The signal number (0 when `stop_event` was set).
+    The CLI then exits without `server.stop()`: stopping saves nothing (a worker keeps no
+    state, the dispatcher reassigns its work when its heartbeats stop; the dispatcher
+    journals its state before each reply) and TF's stop can block for ~40 s, holding the
+    GIL, when a worker still has a task whose reader is gone.
     """
     stop_event = stop_event or threading.Event()
     received = []
@@ -247,11 +242,6 @@ def serve_until_signal(
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-    stopper = threading.Thread(target=server.stop, daemon=True)
-    stopper.start()
-    stopper.join(stop_timeout)
-    if stopper.is_alive():
-        logging.warning("server did not stop within %.0f s; exiting anyway", stop_timeout)
     return received[0] if received else 0
 
 
@@ -309,10 +299,10 @@ def main(argv=None) -> None:
     except (tf.errors.OpError, ValueError) as e:  # e.g. the port is taken
         sys.exit(f"ERROR: tf.data service {args.role} did not start: {e}")
     print(f"tf.data service {args.role} at {address} ({mode})", flush=True)
-    signum = serve_until_signal(server)
+    signum = wait_for_signal()
     print(f"tf.data service {args.role} stopped (signal {signum})", flush=True)
     sys.stderr.flush()
-    # Skip interpreter teardown: the server's destructor would wait on TF's stop again.
+    # No interpreter teardown either: the server's destructor would call TF's stop.
     os._exit(0)
 
 
