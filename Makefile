@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/input_pipeline.py
 	$(PY) benchmarks/export_latency.py
 	$(PY) benchmarks/resume_latency.py
+	$(PY) benchmarks/data_service.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) *.egg-info
