@@ -224,10 +224,23 @@ def train_command(spec: RunSpec, data: Data, model_dir: str) -> list[str]:
     ]  # fmt: skip
 
 
+def _terminate_with_parent() -> None:
+    """In the child (Linux): SIGTERM when the grid process dies, even by SIGKILL."""
+    try:
+        import ctypes  # noqa: PLC0415
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: a killed grid may leave its current run training to the end
+
+
 def _run_process(cmd: list[str], log_path: str) -> int:
-    """Runs `cmd` with output to `log_path`; SIGTERM/SIGINT are passed on to it."""
+    """Runs `cmd` with output to `log_path`; SIGTERM/SIGINT are passed on to it, and it is
+    terminated (checkpointing) if this process dies."""
     with open(log_path, "a") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_terminate_with_parent
+        )
         previous = {}
 
         def forward(signum, frame):
