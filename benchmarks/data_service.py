@@ -35,7 +35,8 @@ sys.path.insert(0, REPO)  # runs from a checkout without `pip install -e .` too
 
 def write_data(directory: str, num_images: int, image_size: int) -> str:
     """Generated COCO scenes converted to one TFRecord shard; returns its path."""
-    from tfcp.data import coco_converter, synthetic
+    from tfcp.data import synthetic
+    from tfcp.data.converters import coco as coco_converter
 
     synthetic.write_coco(directory, num_train=num_images, num_val=1, image_size=image_size, seed=0)
     coco_converter.convert_coco(

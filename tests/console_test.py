@@ -208,7 +208,7 @@ class CliConsoleTest(unittest.TestCase):
             self.assertNotIn(marker, self.synthetic.stderr)
 
     def test_train_prints_progress_and_no_noise(self):
-        from tfcp.data import coco_converter
+        from tfcp.data.converters import coco as coco_converter
 
         for split in ("train", "val"):
             coco_converter.convert_coco(

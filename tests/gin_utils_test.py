@@ -11,7 +11,7 @@ import tensorflow as tf
 from cli_utils import run_train, write_toy_gin
 
 from tfcp import gin_utils, optimization, schedule
-from tfcp.data import tfrecord_io
+from tfcp.data.converters import tfrecord_io
 
 DEMO = "demo/maskrcnn_tiny_copy_paste.gin"
 DEMO_MISSING = {"TRAIN_FILES", "EVAL_FILES", "EVAL_ANNOTATIONS", "NUM_CLASSES", "TRAIN_STEPS"}

@@ -23,7 +23,8 @@ from PIL import Image
 from pycocotools import coco as coco_api
 
 from tfcp import pseudo_label
-from tfcp.data import coco_converter, decoder, schema
+from tfcp.data import decoder, schema
+from tfcp.data.converters import coco as coco_converter
 from tfcp.self_training import coco_labels, partial_file
 from tfcp.self_training import pseudo_label as pseudo_label_lib
 from tfcp.serving import detection, export_lib

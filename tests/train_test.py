@@ -171,7 +171,8 @@ class MaskRCNNDemoTest(unittest.TestCase):
         and config.gin holds the eval pipeline's bindings after the evaluation."""
         import bad_records
 
-        from tfcp.data import coco_converter, synthetic
+        from tfcp.data import synthetic
+        from tfcp.data.converters import coco as coco_converter
 
         tmp = tempfile.mkdtemp()
         coco = os.path.join(tmp, "coco")
@@ -240,8 +241,8 @@ class LvisTinyTest(unittest.TestCase):
     """Generated LVIS data -> converter -> RFS + Copy-Paste training -> federated LVIS eval."""
 
     def test_lvis_tiny_config_writes_frequency_group_metrics(self):
-        from tfcp.data import coco_converter
-        from tfcp.data.synthetic_lvis import write_lvis
+        from tfcp.data.converters import coco as coco_converter
+        from tfcp.data.synthetic import write_lvis
 
         tmp = tempfile.mkdtemp()
         lvis = os.path.join(tmp, "lvis")

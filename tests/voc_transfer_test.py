@@ -19,7 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfcp import gin_utils
-from tfcp.data import synthetic, voc_converter
+from tfcp.data import synthetic
+from tfcp.data.converters import voc as voc_converter
 from tfcp.modeling import factory
 from tfcp.serving import feature_extractor
 

@@ -7,7 +7,7 @@ Usage:
 
 Writes `{output_prefix}-00000-of-00256.tfrecord` ..., `{output_prefix}_label_map.json`
 and `{output_prefix}_summary.json` (and `{output_prefix}_lvis_info.json` for LVIS).
-See `tfcp.data.coco_converter` for the conventions and the handling of bad input.
+See `tfcp.data.converters.coco` for the conventions and the handling of bad input.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from tfcp import console
 if __name__ == "__main__":
     console.setup()  # before TensorFlow is imported
 
-from tfcp.data import coco_converter  # noqa: E402
-from tfcp.data import converter_cli as cli  # noqa: E402
+from tfcp.data.converters import cli  # noqa: E402
+from tfcp.data.converters import coco as coco_converter  # noqa: E402
 
 _IMAGE_DIR = flags.DEFINE_string("image_dir", None, "Folder of the images.")
 _ANNOTATIONS_JSON = flags.DEFINE_string("annotations_json", None, "COCO or LVIS instances JSON.")

@@ -5,7 +5,7 @@ Usage:
     --split=trainval --task=detection --output_prefix=tfrecords/voc_trainval
 
 Writes `{output_prefix}-00000-of-0000N.tfrecord` ..., `{output_prefix}_label_map.json`
-and `{output_prefix}_summary.json`. See `tfcp.data.voc_converter` for the conventions
+and `{output_prefix}_summary.json`. See `tfcp.data.converters.voc` for the conventions
 (box coordinates, class ids) and the handling of bad input.
 """
 
@@ -18,8 +18,8 @@ from tfcp import console
 if __name__ == "__main__":
     console.setup()  # before TensorFlow is imported
 
-from tfcp.data import converter_cli as cli  # noqa: E402
-from tfcp.data import voc_converter  # noqa: E402
+from tfcp.data.converters import cli  # noqa: E402
+from tfcp.data.converters import voc as voc_converter  # noqa: E402
 
 _VOC_ROOT = flags.DEFINE_string(
     "voc_root", None, "VOCdevkit folder (with VOC2007/ and/or VOC2012/)."

@@ -1,7 +1,7 @@
 """Semantic-segmentation input pipeline: TFRecords -> scale jitter/crop/flip -> batches.
 
 Records carry `image/encoded` and `image/segmentation/class/encoded` (a one-channel PNG of
-class ids, 255 = ignore), as written by `tfcp.data.voc_converter --task segmentation`, and
+class ids, 255 = ignore), as written by `tfcp.data.create_voc_tfrecord --task segmentation`, and
 are decoded by `tfcp.data.decoder.decode_segmentation`.
 
 Training: the image and its label map go through the same `tfcp.ops.scale_jitter`

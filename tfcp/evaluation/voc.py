@@ -17,7 +17,7 @@ non-difficult ground-truth box; other classes have no defined AP and are left ou
 
 Pixel convention: the devkit works on integer, inclusive, 1-based pixel boxes and adds 1
 to widths and heights. Our boxes are continuous pixel coordinates: the model predicts
-them, and `tfcp.data.voc_converter` stores a devkit box `[xmin, xmax]` as the continuous
+them, and `tfcp.data.converters.voc` stores a devkit box `[xmin, xmax]` as the continuous
 interval `[xmin - 1, xmax]`, whose length is the devkit's `xmax - xmin + 1`. So the default
 (`use_voc_pixel_convention=False`, continuous IoU) on converted ground truth equals the
 devkit's IoU on the original integer boxes. Set it to True only for boxes given in the

@@ -135,7 +135,7 @@ def instance_counts_from_json(path: str) -> dict[int, int]:
         non-crowd `annotations` per category when a category lacks `instance_count`).
 
     Returns:
-      {class index: count}; the class index is the category id (`tfcp.data.coco_converter`).
+      {class index: count}; the class index is the category id (`tfcp.data.converters.coco`).
 
     Raises:
       FileNotFoundError, ValueError: missing or malformed file (named in the message).

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import tensorflow as tf
 
 from tfcp.data import decoder, schema
-from tfcp.data.tfrecord_io import Progress
+from tfcp.data.converters.tfrecord_io import Progress
 from tfcp.self_training import coco_labels
 from tfcp.self_training.partial_file import PARTIAL_SUFFIX, PartialFile
 

@@ -6,7 +6,7 @@ step and backbone (+ FPN) initialization are inherited. What differs is the data
 metric:
 
 * inputs (`build_voc_detection_dataset`, gin scopes `train` / `eval`): VOC detection
-  records of `tfcp.data.voc_converter` (boxes, classes 1..20, `image/object/difficult`).
+  records of `tfcp.data.converters.voc` (boxes, classes 1..20, `image/object/difficult`).
   Training drops difficult objects from the targets (as the VOC baselines do) before the
   scale jitter; eval keeps every object and passes its difficult flag on.
 * evaluation: `tfcp.evaluation.voc.VocDetectionEvaluator` (difficult boxes neither count

@@ -1,4 +1,4 @@
-"""Tests for tfcp.data.synthetic: COCO-format writer, segmentation encoders and the CLI."""
+"""Tests for tfcp.data.synthetic.coco (COCO-format writer, segmentation encoders) and the CLI."""
 
 from __future__ import annotations
 
@@ -14,14 +14,15 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from tfcp.data import synthetic, synthetic_scenes
+from tfcp.data.synthetic import coco as syn_coco
+from tfcp.data.synthetic import scenes as syn_scenes
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 TRAIN, VAL = 6, 3
 
 
 def tree_digest(root):
-    """{relative path: sha256} of every file under root (shared by the synthetic_* tests)."""
+    """{relative path: sha256} of every file under root (shared by the tests in this folder)."""
     out = {}
     for d, _, files in os.walk(root):
         for name in files:
@@ -35,7 +36,7 @@ def tree_digest(root):
 def coco(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("coco"))
     stats = {}
-    paths = synthetic.write_coco(root, TRAIN, VAL, image_size=128, seed=3, stats=stats)
+    paths = syn_coco.write_coco(root, TRAIN, VAL, image_size=128, seed=3, stats=stats)
     return root, paths, stats
 
 
@@ -83,7 +84,7 @@ def test_json_follows_coco_schema(coco):
             assert isinstance(ann["area"], float) and ann["iscrowd"] in (0, 1)
             assert len(ann["bbox"]) == 4 and all(isinstance(v, float) for v in ann["bbox"])
         ids = [c["id"] for c in data["categories"]]
-        assert ids == [c["id"] for c in synthetic.COCO_CATEGORIES]
+        assert ids == [c["id"] for c in syn_coco.COCO_CATEGORIES]
         assert ids != list(range(1, len(ids) + 1))  # non-contiguous, like COCO
         assert {c["name"] for c in data["categories"]} >= {"person", "car", "dog"}
         assert all(set(c) == {"id", "name", "supercategory"} for c in data["categories"])
@@ -141,22 +142,22 @@ def test_ids_unique_across_splits(coco):
 
 def test_write_coco_is_deterministic_and_order_independent(coco, tmp_path):
     root, _, _ = coco
-    synthetic.write_coco(str(tmp_path / "same"), TRAIN, VAL, image_size=128, seed=3)
+    syn_coco.write_coco(str(tmp_path / "same"), TRAIN, VAL, image_size=128, seed=3)
     assert tree_digest(root) == tree_digest(str(tmp_path / "same"))
-    synthetic.write_coco(str(tmp_path / "other"), TRAIN, VAL, image_size=128, seed=4)
+    syn_coco.write_coco(str(tmp_path / "other"), TRAIN, VAL, image_size=128, seed=4)
     other = tree_digest(str(tmp_path / "other"))
     ref = tree_digest(root)
     assert other.keys() == ref.keys()
     assert all(other[k] != ref[k] for k in ref if k.endswith(".jpg"))
     # Image i does not depend on how many images are generated.
-    synthetic.write_coco(str(tmp_path / "fewer"), 2, 0, image_size=128, seed=3)
+    syn_coco.write_coco(str(tmp_path / "fewer"), 2, 0, image_size=128, seed=3)
     fewer = tree_digest(str(tmp_path / "fewer"))
     jpgs = [k for k in fewer if k.endswith(".jpg")]
     assert len(jpgs) == 2 and all(fewer[k] == ref[k] for k in jpgs)
 
 
 def test_benchmark_knobs_fixed_size_and_instance_bounds(tmp_path):
-    paths = synthetic.write_coco(
+    paths = syn_coco.write_coco(
         str(tmp_path), 4, 0, seed=1, image_hw=(60, 80), mean_instances=12.0, max_instances=5
     )
     ds = COCO(paths["train_annotations"])
@@ -174,14 +175,14 @@ def test_uncompressed_rle_round_trip_including_leading_foreground():
     mask = np.zeros((5, 4), np.uint8)
     mask[0, 0] = 1  # first pixel set: counts start with a zero-length background run
     mask[2:4, 1:3] = 1
-    rle = synthetic.uncompressed_rle(mask)
+    rle = syn_coco.uncompressed_rle(mask)
     assert rle["size"] == [5, 4] and rle["counts"][0] == 0
     assert sum(rle["counts"]) == 20
     decoded = mask_utils.decode(mask_utils.frPyObjects(rle, 5, 4))
     np.testing.assert_array_equal(decoded, mask)
-    comp = synthetic.compressed_rle(mask)
+    comp = syn_coco.compressed_rle(mask)
     assert isinstance(comp["counts"], str)
-    rle2 = synthetic.segmentation_rle(comp, 5, 4)
+    rle2 = syn_coco.segmentation_rle(comp, 5, 4)
     np.testing.assert_array_equal(mask_utils.decode(rle2), mask)
 
 
@@ -189,28 +190,28 @@ def test_polygons_trace_pixel_edges_and_fall_back_to_rle_for_holes():
     mask = np.zeros((20, 30), np.uint8)
     mask[3:9, 4:14] = 1  # rectangle: the traced polygon covers exactly these pixels
     mask[9:15, 4:8] = 1  # ... plus a leg: an L shape
-    polygons = synthetic.mask_polygons(mask)
+    polygons = syn_coco.mask_polygons(mask)
     assert polygons is not None and len(polygons) == 1
-    rle = synthetic.segmentation_rle(polygons, 20, 30)
+    rle = syn_coco.segmentation_rle(polygons, 20, 30)
     np.testing.assert_array_equal(mask_utils.decode(rle), mask)
     ring = np.zeros((20, 20), np.uint8)
     ring[2:18, 2:18] = 1
     ring[6:14, 6:14] = 0
-    assert synthetic.mask_polygons(ring) is None
-    seg, kind = synthetic.encode_segmentation(ring, "polygon")
+    assert syn_coco.mask_polygons(ring) is None
+    seg, kind = syn_coco.encode_segmentation(ring, "polygon")
     assert kind == "rle" and isinstance(seg["counts"], list)
-    np.testing.assert_array_equal(mask_utils.decode(synthetic.segmentation_rle(seg, 20, 20)), ring)
+    np.testing.assert_array_equal(mask_utils.decode(syn_coco.segmentation_rle(seg, 20, 20)), ring)
     with pytest.raises(ValueError, match="unknown segmentation kind"):
-        synthetic.encode_segmentation(ring, "bitmap")
+        syn_coco.encode_segmentation(ring, "bitmap")
 
 
 def test_bad_arguments_raise(tmp_path):
     with pytest.raises(ValueError, match="num_train"):
-        synthetic.write_coco(str(tmp_path), -1, 1)
+        syn_coco.write_coco(str(tmp_path), -1, 1)
     with pytest.raises(ValueError, match="image_size"):
-        synthetic.write_coco(str(tmp_path), 1, 1, image_size=16)
+        syn_coco.write_coco(str(tmp_path), 1, 1, image_size=16)
     with pytest.raises(ValueError, match="seed"):
-        synthetic.write_coco(str(tmp_path), 1, 1, seed=-2)
+        syn_coco.write_coco(str(tmp_path), 1, 1, seed=-2)
 
 
 def run_cli(*args):
@@ -255,11 +256,11 @@ def test_annotations_are_the_rendered_visible_masks(tmp_path, monkeypatch):
     scenes = []
 
     def recording_generate_scene(*args, **kwargs):
-        scenes.append(synthetic_scenes.generate_scene(*args, **kwargs))
+        scenes.append(syn_scenes.generate_scene(*args, **kwargs))
         return scenes[-1]
 
-    monkeypatch.setattr(synthetic, "generate_scene", recording_generate_scene)
-    paths = synthetic.write_coco(str(tmp_path), 4, 0, image_size=96, seed=2)
+    monkeypatch.setattr(syn_coco, "generate_scene", recording_generate_scene)
+    paths = syn_coco.write_coco(str(tmp_path), 4, 0, image_size=96, seed=2)
     ds = COCO(paths["train_annotations"])
     assert len(scenes) == len(ds.dataset["images"]) == 4
     for scene, image in zip(scenes, ds.dataset["images"], strict=True):
@@ -269,7 +270,7 @@ def test_annotations_are_the_rendered_visible_masks(tmp_path, monkeypatch):
         anns = ds.loadAnns(ds.getAnnIds(imgIds=[image["id"]]))
         assert len(anns) == len(scene.masks)
         for ann, mask, cls in zip(anns, scene.masks, scene.class_indices, strict=True):
-            assert ann["category_id"] == synthetic.COCO_CATEGORIES[cls]["id"]
+            assert ann["category_id"] == syn_coco.COCO_CATEGORIES[cls]["id"]
             got = ds.annToMask(ann)
             if isinstance(ann["segmentation"], dict):
                 np.testing.assert_array_equal(got, mask)  # RLE is exact

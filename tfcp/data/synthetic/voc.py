@@ -1,4 +1,4 @@
-"""PASCAL VOC devkit writer for synthetic scenes (used by `tfcp.data.synthetic`).
+"""PASCAL VOC devkit writer for synthetic scenes (used by `python -m tfcp.data.synthetic`).
 
 Writes `D/VOCdevkit/VOC<year>/` for each year as the real devkit has it:
 
@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from tfcp.data.synthetic_scenes import generate_scene, image_rng, image_shape, save_jpeg
+from tfcp.data.synthetic.scenes import generate_scene, image_rng, image_shape, save_jpeg
 from tfcp.data.voc_classes import VOC_CLASSES
 
 VOC_YEARS = (2007, 2012)

@@ -1,4 +1,4 @@
-"""Tests for tfcp.data.synthetic_lvis: LVIS v1 layout, long tail, federated labels, conversion."""
+"""Tests for tfcp.data.synthetic.lvis: LVIS v1 layout, long tail, federated labels, conversion."""
 
 from __future__ import annotations
 
@@ -13,8 +13,12 @@ import tensorflow as tf
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tests.data.synthetic_test import run_cli, tree_digest
-from tfcp.data import coco_converter, schema, synthetic, synthetic_lvis, synthetic_scenes
+from tests.data.synthetic.coco_test import run_cli, tree_digest
+from tfcp.data import schema
+from tfcp.data.converters import coco as coco_converter
+from tfcp.data.synthetic import coco as syn_coco
+from tfcp.data.synthetic import lvis as syn_lvis
+from tfcp.data.synthetic import scenes as syn_scenes
 
 SMALL_TRAIN, SMALL_VAL = 45, 6
 _URL = re.compile(r"^http://images\.cocodataset\.org/(train2017|val2017)/(\d{12})\.jpg$")
@@ -30,7 +34,7 @@ def lvis(tmp_path_factory):
     """The default size (300 train, 50 val images at 128 px)."""
     root = str(tmp_path_factory.mktemp("lvis"))
     stats = {}
-    paths = synthetic_lvis.write_lvis(root, seed=0, stats=stats)
+    paths = syn_lvis.write_lvis(root, seed=0, stats=stats)
     return root, paths, stats
 
 
@@ -41,13 +45,13 @@ def recorded(tmp_path_factory):
     renders = []
 
     def recording_generate_scene(*args, class_indices, **kwargs):
-        scene = synthetic_scenes.generate_scene(*args, class_indices=class_indices, **kwargs)
+        scene = syn_scenes.generate_scene(*args, class_indices=class_indices, **kwargs)
         renders.append((list(class_indices), scene))
         return scene
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(synthetic_lvis, "generate_scene", recording_generate_scene)
-        paths = synthetic_lvis.write_lvis(root, SMALL_TRAIN, SMALL_VAL, image_size=96, seed=5)
+        mp.setattr(syn_lvis, "generate_scene", recording_generate_scene)
+        paths = syn_lvis.write_lvis(root, SMALL_TRAIN, SMALL_VAL, image_size=96, seed=5)
     return root, paths, renders
 
 
@@ -89,7 +93,7 @@ def test_json_has_every_lvis_v1_field_with_its_type(lvis):
     assert len(os.listdir(paths["val_images"])) == folders["val2017"]
     assert len(os.listdir(paths["train_images"])) == len(train["images"]) + folders["train2017"]
     categories = train["categories"]
-    assert [c["id"] for c in categories] == list(range(1, synthetic_lvis.MAX_CATEGORIES + 1))
+    assert [c["id"] for c in categories] == list(range(1, syn_lvis.MAX_CATEGORIES + 1))
     for c in categories:
         assert set(c) == {
             "id", "name", "synonyms", "def", "synset", "frequency", "image_count",
@@ -120,7 +124,7 @@ def test_counts_and_frequencies_are_lvis_definitions_on_the_train_split(lvis):
         groups[expected] += 1
     assert all(groups[g] >= 3 for g in "rcf"), groups  # all three groups, at the default size
     assert {k: stats[f"categories_{k}"] for k in "rcf"} == dict(groups)
-    got = synthetic_lvis.category_stats(paths["train_annotations"])
+    got = syn_lvis.category_stats(paths["train_annotations"])
     assert got["num_images"] == len(train["images"]) == 300
     assert got["image_count"] == {c["id"]: c["image_count"] for c in train["categories"]}
     assert got["instance_count"] == {c["id"]: c["instance_count"] for c in train["categories"]}
@@ -135,16 +139,16 @@ def test_category_stats_thresholds_and_errors():
         for i in range(1, n + 1):  # two annotations in image 1: one image, two instances
             data["annotations"] += [{"id": len(data["annotations"]), "image_id": i,
                                      "category_id": cid}] * (2 if i == 1 else 1)  # fmt: skip
-    got = synthetic_lvis.category_stats(data)
+    got = syn_lvis.category_stats(data)
     assert got["num_images"] == 101
     assert got["image_count"] == counts
     assert got["instance_count"] == {c: n + (n > 0) for c, n in counts.items()}
     assert got["frequency"] == {1: "r", 2: "r", 3: "r", 4: "c", 5: "c", 6: "f"}
     data["annotations"].append({"id": 999, "image_id": 1, "category_id": 7})
     with pytest.raises(ValueError, match="annotation id 999: category 7"):
-        synthetic_lvis.category_stats(data)
+        syn_lvis.category_stats(data)
     with pytest.raises(ValueError, match="image_count"):
-        synthetic_lvis.frequency_group(-1)
+        syn_lvis.frequency_group(-1)
 
 
 def test_negatives_absent_and_not_exhaustive_positive_with_missing_instances(recorded):
@@ -201,30 +205,30 @@ def test_masks_with_holes_become_hole_free_polygons():
     ring[2:20, 3:21] = 1
     ring[7:12, 8:14] = 0
     ring[14:17, 6:9] = 0  # two holes
-    assert synthetic.mask_polygons(ring) is None
-    polygons = synthetic_lvis.lvis_polygons(ring)
+    assert syn_coco.mask_polygons(ring) is None
+    polygons = syn_lvis.lvis_polygons(ring)
     assert len(polygons) >= 2
-    decoded = mask_utils.decode(synthetic.segmentation_rle(polygons, 24, 24))
+    decoded = mask_utils.decode(syn_coco.segmentation_rle(polygons, 24, 24))
     assert (decoded & ring).sum() / (decoded | ring).sum() >= 0.95
     assert decoded[7:12, 8:14].sum() <= 3 and decoded[14:17, 6:9].sum() <= 3  # holes stay open
     dot = np.zeros((8, 8), np.uint8)
     dot[3, 4] = 1  # one pixel: simplification fails, the exact trace covers it
-    decoded = mask_utils.decode(synthetic.segmentation_rle(synthetic_lvis.lvis_polygons(dot), 8, 8))
+    decoded = mask_utils.decode(syn_coco.segmentation_rle(syn_lvis.lvis_polygons(dot), 8, 8))
     np.testing.assert_array_equal(decoded, dot)
 
 
 def test_byte_identical_for_a_seed_and_images_independent_of_the_count(lvis, tmp_path):
     _, paths, _ = lvis
     a, b, c = (str(tmp_path / n) for n in "abc")
-    synthetic_lvis.write_lvis(a, SMALL_TRAIN, SMALL_VAL, image_size=64, seed=7)
-    synthetic_lvis.write_lvis(b, SMALL_TRAIN, SMALL_VAL, image_size=64, seed=7)
-    synthetic_lvis.write_lvis(c, SMALL_TRAIN, SMALL_VAL, image_size=64, seed=8)
+    syn_lvis.write_lvis(a, SMALL_TRAIN, SMALL_VAL, image_size=64, seed=7)
+    syn_lvis.write_lvis(b, SMALL_TRAIN, SMALL_VAL, image_size=64, seed=7)
+    syn_lvis.write_lvis(c, SMALL_TRAIN, SMALL_VAL, image_size=64, seed=8)
     ref = tree_digest(a)
     assert tree_digest(b) == ref and len(ref) == SMALL_TRAIN + SMALL_VAL + 2
     other = tree_digest(c)
     assert other.keys() == ref.keys() and all(other[k] != ref[k] for k in ref)
     d = str(tmp_path / "d")  # the first 45 train images of the default set, same seed
-    synthetic_lvis.write_lvis(d, SMALL_TRAIN, 0, seed=0)
+    syn_lvis.write_lvis(d, SMALL_TRAIN, 0, seed=0)
     full, part = tree_digest(paths["image_dir"]), tree_digest(d)
     jpgs = [k for k in part if k.endswith(".jpg")]
     assert len(jpgs) == SMALL_TRAIN and all(part[k] == full[k] for k in jpgs)
@@ -232,13 +236,13 @@ def test_byte_identical_for_a_seed_and_images_independent_of_the_count(lvis, tmp
 
 def test_bad_arguments_raise(tmp_path):
     with pytest.raises(ValueError, match="num_train"):
-        synthetic_lvis.write_lvis(str(tmp_path), 0, 1)
+        syn_lvis.write_lvis(str(tmp_path), 0, 1)
     with pytest.raises(ValueError, match="num_categories"):
-        synthetic_lvis.write_lvis(str(tmp_path), 1, 1, num_categories=41)
+        syn_lvis.write_lvis(str(tmp_path), 1, 1, num_categories=41)
     with pytest.raises(ValueError, match="image_size"):
-        synthetic_lvis.write_lvis(str(tmp_path), 1, 1, image_size=16)
+        syn_lvis.write_lvis(str(tmp_path), 1, 1, image_size=16)
     with pytest.raises(ValueError, match="seed"):
-        synthetic_lvis.write_lvis(str(tmp_path), 1, 1, seed=-1)
+        syn_lvis.write_lvis(str(tmp_path), 1, 1, seed=-1)
 
 
 def _records(pattern):

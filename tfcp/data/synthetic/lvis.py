@@ -25,8 +25,8 @@ an image with probability `P_MAX * (P_MIN / P_MAX) ** (r / (C - 1))`, and catego
 forced into train image (C - 1 - r) mod num_train, so every category has training images
 (C = 40 at the default 300 training images, seeds 0-4: 4-5 frequent, 20-22 common, 13-16
 rare; the most frequent category is in ~175 images, ~7 annotations per image).
-Objects look like `tfcp.data.synthetic_shapes.class_style(id - 1)` (a unique shape-colour
-pair for the first 40 styles), drawn and occluded by `tfcp.data.synthetic_scenes.generate_scene`.
+Objects look like `tfcp.data.synthetic.shapes.class_style(id - 1)` (a unique shape-colour
+pair for the first 40 styles), drawn and occluded by `tfcp.data.synthetic.scenes.generate_scene`.
 Every image comes from its own generator seeded with (seed, split, index): the same
 arguments give byte-identical files.
 """
@@ -42,9 +42,9 @@ from collections.abc import Mapping, MutableMapping, Sequence
 import cv2
 import numpy as np
 
-from tfcp.data.synthetic import check_sizes, mask_polygons, segmentation_area_bbox
-from tfcp.data.synthetic_scenes import generate_scene, image_rng, image_shape, save_jpeg
-from tfcp.data.synthetic_shapes import class_style
+from tfcp.data.synthetic.coco import check_sizes, mask_polygons, segmentation_area_bbox
+from tfcp.data.synthetic.scenes import generate_scene, image_rng, image_shape, save_jpeg
+from tfcp.data.synthetic.shapes import class_style
 
 MAX_CATEGORIES = 40  # beyond 40, styles i and i + 40 share shape and texture, colours close
 RARE_MAX_IMAGES = 10  # LVIS: rare = 1-10 training images
@@ -144,7 +144,7 @@ def _traced_polygons(mask: np.ndarray) -> list[list[float]]:
 def lvis_polygons(mask: np.ndarray) -> list[list[float]]:
     """COCO polygons for any non-empty 0/1 [H, W] mask (LVIS stores no RLE).
 
-    `tfcp.data.synthetic.mask_polygons` where it applies; a mask with holes is cut at the
+    `tfcp.data.synthetic.coco.mask_polygons` where it applies; a mask with holes is cut at the
     column of a hole pixel into two pieces (each with fewer hole pixels) until none has a
     hole; a hole-free piece that simplified polygons do not cover well is traced exactly.
     """
@@ -294,7 +294,7 @@ def _header(split: str) -> dict:
             "url": "",
             "version": "1.0",
             "year": 2020,
-            "contributor": "tfcp.data.synthetic_lvis",
+            "contributor": "tfcp.data.synthetic.lvis",
             "date_created": "2020-01-01",
         },
         "licenses": [

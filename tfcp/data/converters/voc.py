@@ -46,7 +46,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tfcp.data import record_checks, schema
-from tfcp.data.tfrecord_io import (
+from tfcp.data.converters.tfrecord_io import (
     ConversionError,
     ConversionSummary,
     ConvertedImage,

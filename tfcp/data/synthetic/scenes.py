@@ -1,6 +1,6 @@
 """Procedural scenes of textured shapes for synthetic instance-segmentation data.
 
-Objects look like `tfcp.data.synthetic_shapes.class_style` of their class. A scene is a
+Objects look like `tfcp.data.synthetic.shapes.class_style` of their class. A scene is a
 textured background (gradient, low-frequency blobs, stripes, noise) with objects drawn back
 to front at random positions, scales (COCO's small / medium / large buckets), aspect ratios
 and rotations. The returned masks are the VISIBLE parts of the objects after later objects
@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from tfcp.data.synthetic_shapes import (
+from tfcp.data.synthetic.shapes import (
     Pose,
     class_style,
     draw_mask,

@@ -1,8 +1,9 @@
-r"""Generated instance-segmentation datasets in the real COCO and PASCAL VOC file formats.
+r"""Generated instance-segmentation datasets in the real COCO file format.
 
-Scenes come from `tfcp.data.synthetic_scenes` (textured shapes, one appearance per class,
-visible-part masks). This module writes them exactly as the real datasets are laid out, so
-the converters and evaluators are exercised on the formats they will meet:
+Scenes come from `tfcp.data.synthetic.scenes` (textured shapes, one appearance per class,
+visible-part masks). This module (COCO) and its siblings `voc` and `lvis` write them exactly
+as the real datasets are laid out, so the converters and evaluators are exercised on the
+formats they will meet:
 
 * COCO: `D/train2017/*.jpg`, `D/val2017/*.jpg`, `D/annotations/instances_{train,val}2017.json`
   with COCO's schema, 8 real COCO categories with their (non-contiguous) ids, polygons for
@@ -15,7 +16,7 @@ the converters and evaluators are exercised on the formats they will meet:
   (split lists and per-class `<class>_<split>.txt`) and `ImageSets/Segmentation`.
 * LVIS v1: `D/train2017`, `D/val2017`, `D/annotations/lvis_v1_{train,val}.json` with
   long-tailed categories (rare/common/frequent as LVIS counts them); see
-  `tfcp.data.synthetic_lvis`.
+  `tfcp.data.synthetic.lvis`.
 
 Every image is rendered from its own `numpy.random.Generator` seeded with (seed, dataset,
 split, index), so the same arguments give byte-identical files.
@@ -32,17 +33,13 @@ from __future__ import annotations
 import collections
 import json
 import os
-import time
 from collections.abc import MutableMapping
 
 import cv2
 import numpy as np
-from absl import app, flags
 from pycocotools import mask as mask_utils
 
-from tfcp import console
-from tfcp.data.synthetic_scenes import generate_scene, image_rng, image_shape, save_jpeg
-from tfcp.data.synthetic_voc import VOC_CLASSES, write_voc  # noqa: F401 (public API)
+from tfcp.data.synthetic.scenes import generate_scene, image_rng, image_shape, save_jpeg
 
 COCO_CATEGORIES = (
     {"id": 1, "name": "person", "supercategory": "person"},
@@ -320,63 +317,3 @@ def write_coco(
     for key, value in counts.items():
         stats[key] = stats.get(key, 0) + value
     return paths
-
-
-FLAGS = flags.FLAGS
-# (num_train, num_val, image_size) when the flags are not given. LVIS needs > 100 training
-# images for its 'frequent' group to exist.
-_SIZE_DEFAULTS = {"coco": (64, 16, 256), "voc": (64, 16, 256), "lvis": (300, 50, 128)}
-
-
-def define_flags() -> None:
-    flags.DEFINE_string("output_dir", None, "Root directory of the generated dataset.")
-    flags.DEFINE_enum("format", "coco", ["coco", "voc", "lvis"], "Dataset file format.")
-    flags.DEFINE_integer("num_train", None, "Training images (per VOC year). Default 64, LVIS 300.")
-    flags.DEFINE_integer(
-        "num_val", None, "Validation images (per VOC year; also VOC2007 test). Default 16, LVIS 50."
-    )
-    flags.DEFINE_integer("image_size", None, "Longer image side in pixels. Default 256, LVIS 128.")
-    flags.DEFINE_integer("seed", 0, "Random seed; same flags -> byte-identical files.")
-    flags.DEFINE_float("mean_instances", 6.0, "Mean objects drawn per image (not for LVIS).")
-    flags.DEFINE_integer("max_instances", 15, "Most objects drawn per image.")
-    flags.mark_flag_as_required("output_dir")
-
-
-def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    start = time.perf_counter()
-    stats: dict[str, int] = {}
-    sizes = [
-        default if value is None else value
-        for value, default in zip(
-            (FLAGS.num_train, FLAGS.num_val, FLAGS.image_size),
-            _SIZE_DEFAULTS[FLAGS.format],
-            strict=True,
-        )
-    ]
-    kwargs = dict(max_instances=FLAGS.max_instances, stats=stats)
-    if FLAGS.format == "lvis":
-        # Imported here: synthetic_lvis imports this module's polygon encoders.
-        from tfcp.data.synthetic_lvis import write_lvis
-
-        if FLAGS["mean_instances"].present:
-            raise app.UsageError("--mean_instances does not apply to --format=lvis")
-        writer = write_lvis
-    else:
-        writer = write_coco if FLAGS.format == "coco" else write_voc
-        kwargs["mean_instances"] = FLAGS.mean_instances
-    paths = writer(FLAGS.output_dir, *sizes, FLAGS.seed, **kwargs)
-    summary = {
-        "format": FLAGS.format,
-        "paths": paths,
-        "stats": dict(sorted(stats.items())),
-        "seconds": round(time.perf_counter() - start, 2),
-    }
-    print(json.dumps(summary))
-
-
-if __name__ == "__main__":
-    console.setup()
-    define_flags()
-    app.run(main)

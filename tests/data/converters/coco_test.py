@@ -1,4 +1,4 @@
-"""Tests for tfcp.data.coco_converter, tfcp.data.tfrecord_io and the COCO CLI."""
+"""Tests for tfcp.data.converters.coco, tfcp.data.converters.tfrecord_io and the COCO CLI."""
 
 from __future__ import annotations
 
@@ -15,15 +15,9 @@ from official.vision.dataloaders import tf_example_decoder
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tfcp.data import (
-    coco_converter,
-    create_coco_tfrecord,
-    decoder,
-    schema,
-    tfrecord_io,
-    validation,
-)
-from tfcp.data.tfrecord_io import ConversionError
+from tfcp.data import create_coco_tfrecord, decoder, schema, validation
+from tfcp.data.converters import coco, tfrecord_io
+from tfcp.data.converters.tfrecord_io import ConversionError
 
 H, W = 48, 64
 CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 7, "name": "train"}]
@@ -123,7 +117,7 @@ def _convert(root, data, **kwargs):
     kwargs.setdefault("num_workers", 0)
     kwargs.setdefault("progress_stream", io.StringIO())
     prefix = os.path.join(root, "out", "train")
-    summary = coco_converter.convert_coco(
+    summary = coco.convert_coco(
         os.path.join(root, "images"), _write(root, data), prefix, 2, **kwargs
     )
     return prefix, summary
@@ -263,8 +257,8 @@ def test_degenerate_polygon_and_empty_box_are_skipped_and_counted(tmp_path):
     prefix = os.path.join(root, "out", "train")
     summary = tfrecord_io.write_sharded(
         prefix,
-        coco_converter.load_coco_json(_write(root, data)).images,
-        coco_converter.CocoImageConverter(
+        coco.load_coco_json(_write(root, data)).images,
+        coco.CocoImageConverter(
             os.path.join(root, "images"), "instances.json", {1: "a", 3: "b", 7: "c"}
         ),
         1,
@@ -381,9 +375,9 @@ def test_end_to_end_on_synthetic_coco(tmp_path):
     from tfcp.data import synthetic
 
     paths = synthetic.write_coco(str(tmp_path / "coco"), num_train=4, num_val=0, image_size=64)
-    coco = COCO(paths["train_annotations"])
+    reference = COCO(paths["train_annotations"])
     prefix = str(tmp_path / "out" / "train")
-    summary = coco_converter.convert_coco(
+    summary = coco.convert_coco(
         paths["train_images"],
         paths["train_annotations"],
         prefix,
@@ -391,10 +385,10 @@ def test_end_to_end_on_synthetic_coco(tmp_path):
         num_workers=0,
         progress_stream=io.StringIO(),
     )
-    assert summary.images_written == len(coco.imgs) == 4
-    assert summary.objects_written == len(coco.anns)
+    assert summary.images_written == len(reference.imgs) == 4
+    assert summary.objects_written == len(reference.anns)
     assert not summary.objects_skipped and not summary.images_skipped
-    num_classes = max(coco.cats) + 1
+    num_classes = max(reference.cats) + 1
     seen = set()
     for record in _records(prefix):
         d = decoder.decode(tf.constant(record))
@@ -405,9 +399,9 @@ def test_end_to_end_on_synthetic_coco(tmp_path):
         np.testing.assert_array_equal(checked["image"].numpy(), d["image"].numpy())
         image_id = int(d["source_id"].numpy())
         seen.add(image_id)
-        image = coco.imgs[image_id]
+        image = reference.imgs[image_id]
         h, w = image["height"], image["width"]
-        annotations = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
+        annotations = reference.loadAnns(reference.getAnnIds(imgIds=[image_id]))
         np.testing.assert_array_equal(
             d["groundtruth_classes"].numpy(), [a["category_id"] for a in annotations]
         )
@@ -425,8 +419,8 @@ def test_end_to_end_on_synthetic_coco(tmp_path):
         masks = d["groundtruth_instance_masks"].numpy()
         assert masks.shape == (len(annotations), h, w)
         for mask, annotation in zip(masks, annotations, strict=True):
-            np.testing.assert_array_equal(mask, coco.annToMask(annotation))
-    assert seen == set(coco.imgs)
+            np.testing.assert_array_equal(mask, reference.annToMask(annotation))
+    assert seen == set(reference.imgs)
     # The category sidecars (repeat factor sampling) equal the records' labels.
     from tfcp.data import sampling
 
@@ -474,9 +468,7 @@ def test_png_that_tensorflow_cannot_decode_is_a_corrupt_file(tmp_path):
 def test_a_record_that_training_would_reject_is_never_written(tmp_path, monkeypatch):
     """The last check before writing catches what slipped past the others (here a bug)."""
     root = str(tmp_path)
-    monkeypatch.setattr(
-        coco_converter, "normalized_box", lambda *args: ([0.5, 0.1, 0.2, 0.3], False)
-    )
+    monkeypatch.setattr(coco, "normalized_box", lambda *args: ([0.5, 0.1, 0.2, 0.3], False))
     with pytest.raises(ConversionError, match="image id 11") as error:
         _convert(root, _dataset(root))
     assert "refusing to write a bad record: box 0 is inverted" in str(error.value)

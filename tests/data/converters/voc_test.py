@@ -1,4 +1,4 @@
-"""Tests for tfcp.data.voc_converter and the VOC CLI."""
+"""Tests for tfcp.data.converters.voc and the VOC CLI."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from absl import flags
 from official.vision.dataloaders import segmentation_input, tf_example_decoder
 from PIL import Image
 
-from tfcp.data import create_voc_tfrecord, decoder, schema, validation, voc_converter
-from tfcp.data.tfrecord_io import ConversionError
+from tfcp.data import create_voc_tfrecord, decoder, schema, validation
+from tfcp.data.converters import voc
+from tfcp.data.converters.tfrecord_io import ConversionError
 
 # (name, difficult, xmin, ymin, xmax, ymax) in VOC's 1-based inclusive pixels.
 OBJECTS = {
@@ -88,7 +89,7 @@ def _convert(root, task="detection", year="2007", **kwargs):
     kwargs.setdefault("num_workers", 0)
     kwargs.setdefault("progress_stream", io.StringIO())
     prefix = os.path.join(root, "out", f"voc_{task}")
-    summary = voc_converter.convert_voc(root, year, "train", task, prefix, 2, **kwargs)
+    summary = voc.convert_voc(root, year, "train", task, prefix, 2, **kwargs)
     records = [
         r.numpy() for r in tf.data.TFRecordDataset(sorted(glob.glob(prefix + "-*.tfrecord")))
     ]
@@ -96,11 +97,11 @@ def _convert(root, task="detection", year="2007", **kwargs):
 
 
 def test_class_ids_are_alphabetical_from_one():
-    assert voc_converter.CLASS_ID["aeroplane"] == 1
-    assert voc_converter.CLASS_ID["person"] == 15
-    assert voc_converter.CLASS_ID["tvmonitor"] == 20
-    assert list(voc_converter.VOC_CLASSES) == sorted(voc_converter.VOC_CLASSES)
-    assert voc_converter.label_map("segmentation")[0] == "background"
+    assert voc.CLASS_ID["aeroplane"] == 1
+    assert voc.CLASS_ID["person"] == 15
+    assert voc.CLASS_ID["tvmonitor"] == 20
+    assert list(voc.VOC_CLASSES) == sorted(voc.VOC_CLASSES)
+    assert voc.label_map("segmentation")[0] == "background"
 
 
 def test_detection_round_trip_is_exact(tmp_path):
@@ -122,7 +123,7 @@ def test_detection_round_trip_is_exact(tmp_path):
         pixels = np.round(boxes + [1, 1, 0, 0]).astype(int)
         np.testing.assert_array_equal(pixels, [[o[3], o[2], o[5], o[4]] for o in objects])
         np.testing.assert_allclose(boxes + [1, 1, 0, 0], pixels, atol=1e-4)
-        classes = [voc_converter.CLASS_ID[o[0]] for o in objects]
+        classes = [voc.CLASS_ID[o[0]] for o in objects]
         np.testing.assert_array_equal(d["groundtruth_classes"].numpy(), classes)
         np.testing.assert_array_equal(d["groundtruth_difficult"].numpy(), [o[1] for o in objects])
         np.testing.assert_array_equal(d["groundtruth_is_crowd"].numpy(), [False, False])
@@ -249,9 +250,7 @@ def test_bad_segmentation_png_is_an_error(tmp_path, bad):
 def test_a_record_that_training_would_reject_is_never_written(tmp_path, monkeypatch):
     """The last check before writing catches what slipped past the others (here a bug)."""
     root = _devkit(str(tmp_path))
-    monkeypatch.setattr(
-        voc_converter, "normalized_box", lambda *args: ([float("nan"), 0, 1, 1], False)
-    )
+    monkeypatch.setattr(voc, "normalized_box", lambda *args: ([float("nan"), 0, 1, 1], False))
     with pytest.raises(ConversionError, match="000005.jpg") as error:
         _convert(root)
     assert "refusing to write a bad record: box 0 is NaN" in str(error.value)
@@ -259,7 +258,7 @@ def test_a_record_that_training_would_reject_is_never_written(tmp_path, monkeypa
 
 def test_missing_split_file_is_an_error(tmp_path):
     with pytest.raises(ConversionError, match="split file not found"):
-        voc_converter.convert_voc(str(tmp_path), "2012", "val", "detection", str(tmp_path / "o"))
+        voc.convert_voc(str(tmp_path), "2012", "val", "detection", str(tmp_path / "o"))
 
 
 def test_cli(tmp_path, capsys):
@@ -290,7 +289,7 @@ def test_end_to_end_on_synthetic_voc(tmp_path):
 
     root = synthetic.write_voc(str(tmp_path), num_train=3, num_val=1, image_size=64)["voc_root"]
     prefix = str(tmp_path / "out" / "det")
-    summary = voc_converter.convert_voc(
+    summary = voc.convert_voc(
         root,
         "2007+2012",
         "train",
@@ -300,10 +299,10 @@ def test_end_to_end_on_synthetic_voc(tmp_path):
         num_workers=0,
         progress_stream=io.StringIO(),
     )
-    items = voc_converter.voc_items(root, "2007+2012", "train", "detection")
+    items = voc.voc_items(root, "2007+2012", "train", "detection")
     expected = {}
     for item in items:
-        annotation = voc_converter.parse_voc_xml(os.path.join(root, item.annotation_file))
+        annotation = voc.parse_voc_xml(os.path.join(root, item.annotation_file))
         expected[item.image_id] = annotation
     assert summary.images_written == len(items) == 6
     assert summary.objects_written == sum(len(a.objects) for a in expected.values())
@@ -326,7 +325,7 @@ def test_end_to_end_on_synthetic_voc(tmp_path):
         )
 
     prefix = str(tmp_path / "out" / "seg")
-    summary = voc_converter.convert_voc(
+    summary = voc.convert_voc(
         root,
         "2007",
         "train",
@@ -336,7 +335,7 @@ def test_end_to_end_on_synthetic_voc(tmp_path):
         num_workers=0,
         progress_stream=io.StringIO(),
     )
-    items = voc_converter.voc_items(root, "2007", "train", "segmentation")
+    items = voc.voc_items(root, "2007", "train", "segmentation")
     assert summary.images_written == len(items) >= 1
     for record in tf.data.TFRecordDataset(prefix + "-00000-of-00001.tfrecord"):
         d = decoder.decode_segmentation(record)

@@ -51,7 +51,7 @@ import tensorflow as tf
 from pycocotools import mask as mask_utils
 
 from tfcp.data import record_checks, schema
-from tfcp.data.tfrecord_io import (
+from tfcp.data.converters.tfrecord_io import (
     ConversionError,
     ConversionSummary,
     ConvertedImage,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from absl import flags
 
-from tfcp.data.tfrecord_io import ConversionError, ConversionSummary
+from tfcp.data.converters.tfrecord_io import ConversionError, ConversionSummary
 
 OUTPUT_PREFIX = flags.DEFINE_string("output_prefix", None, "Output path prefix of the shards.")
 NUM_SHARDS = flags.DEFINE_integer("num_shards", 32, "Number of TFRecord files.", lower_bound=1)

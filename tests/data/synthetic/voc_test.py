@@ -1,4 +1,4 @@
-"""Tests for tfcp.data.synthetic_voc: the PASCAL VOC devkit writer."""
+"""Tests for tfcp.data.synthetic.voc: the PASCAL VOC devkit writer."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.data.synthetic_test import tree_digest
-from tfcp.data import synthetic_scenes, synthetic_voc
-from tfcp.data.synthetic_voc import VOC_CLASSES
+from tests.data.synthetic.coco_test import tree_digest
+from tfcp.data.synthetic import scenes as syn_scenes
+from tfcp.data.synthetic import voc as syn_voc
+from tfcp.data.synthetic.voc import VOC_CLASSES
 
 TRAIN, VAL, TEST = 5, 3, 2
 SPLITS = {2007: ("train", "val", "test", "trainval"), 2012: ("train", "val", "trainval")}
@@ -22,9 +23,7 @@ SPLITS = {2007: ("train", "val", "test", "trainval"), 2012: ("train", "val", "tr
 def voc(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("voc"))
     stats = {}
-    paths = synthetic_voc.write_voc(
-        root, TRAIN, VAL, image_size=128, seed=1, num_test=TEST, stats=stats
-    )
+    paths = syn_voc.write_voc(root, TRAIN, VAL, image_size=128, seed=1, num_test=TEST, stats=stats)
     return paths, stats
 
 
@@ -137,7 +136,7 @@ def test_per_class_labels_match_annotations(voc):
 
 def test_segmentation_pngs_match_annotations(voc):
     paths, stats = voc
-    cmap = synthetic_voc.voc_colormap().ravel().tolist()
+    cmap = syn_voc.voc_colormap().ravel().tolist()
     checked = 0
     for year in SPLITS:
         year_dir = paths[f"VOC{year}"]
@@ -174,19 +173,19 @@ def test_void_border_hand_checked():
     expected = np.zeros((8, 8), bool)
     expected[1:7, 1:7] = True
     expected[3:5, 3:5] = False  # interior farther than 1 px from any label change
-    np.testing.assert_array_equal(synthetic_voc.void_border(labels, 1), expected)
-    assert not synthetic_voc.void_border(np.full((4, 4), 7, np.uint8), 1).any()
+    np.testing.assert_array_equal(syn_voc.void_border(labels, 1), expected)
+    assert not syn_voc.void_border(np.full((4, 4), 7, np.uint8), 1).any()
 
 
 def test_voc_box_and_colormap():
     mask = np.zeros((6, 7), np.uint8)
     mask[2, 3] = 1
-    assert synthetic_voc.voc_box(mask) == (4, 3, 4, 3)
+    assert syn_voc.voc_box(mask) == (4, 3, 4, 3)
     mask[4, 6] = 1
-    assert synthetic_voc.voc_box(mask) == (4, 3, 7, 5)
+    assert syn_voc.voc_box(mask) == (4, 3, 7, 5)
     with pytest.raises(ValueError, match="empty"):
-        synthetic_voc.voc_box(np.zeros((3, 3), np.uint8))
-    cmap = synthetic_voc.voc_colormap()
+        syn_voc.voc_box(np.zeros((3, 3), np.uint8))
+    cmap = syn_voc.voc_colormap()
     assert cmap.shape == (256, 3) and cmap.dtype == np.uint8
     assert cmap[1].tolist() == [128, 0, 0]  # aeroplane
     assert cmap[15].tolist() == [192, 128, 128]  # person
@@ -195,9 +194,9 @@ def test_voc_box_and_colormap():
 
 def test_write_voc_is_deterministic(tmp_path):
     kwargs = dict(image_size=64, years=(2012,), segmented_fraction=1.0)
-    synthetic_voc.write_voc(str(tmp_path / "a"), 2, 1, seed=9, **kwargs)
-    synthetic_voc.write_voc(str(tmp_path / "b"), 2, 1, seed=9, **kwargs)
-    synthetic_voc.write_voc(str(tmp_path / "c"), 2, 1, seed=10, **kwargs)
+    syn_voc.write_voc(str(tmp_path / "a"), 2, 1, seed=9, **kwargs)
+    syn_voc.write_voc(str(tmp_path / "b"), 2, 1, seed=9, **kwargs)
+    syn_voc.write_voc(str(tmp_path / "c"), 2, 1, seed=10, **kwargs)
     a, b, c = (tree_digest(str(tmp_path / k)) for k in "abc")
     assert a == b
     assert a.keys() == c.keys()
@@ -207,22 +206,22 @@ def test_write_voc_is_deterministic(tmp_path):
 
 def test_bad_arguments_raise(tmp_path):
     with pytest.raises(ValueError, match="max_instances"):
-        synthetic_voc.write_voc(str(tmp_path), 1, 1, max_instances=300)
+        syn_voc.write_voc(str(tmp_path), 1, 1, max_instances=300)
     with pytest.raises(ValueError, match="image counts"):
-        synthetic_voc.write_voc(str(tmp_path), 1, -1)
+        syn_voc.write_voc(str(tmp_path), 1, -1)
     with pytest.raises(ValueError, match="image_size"):
-        synthetic_voc.write_voc(str(tmp_path), 1, 1, image_size=20)
+        syn_voc.write_voc(str(tmp_path), 1, 1, image_size=20)
 
 
 def test_files_are_the_rendered_scenes(tmp_path, monkeypatch):
     scenes = []
 
     def recording_generate_scene(*args, **kwargs):
-        scenes.append(synthetic_scenes.generate_scene(*args, **kwargs))
+        scenes.append(syn_scenes.generate_scene(*args, **kwargs))
         return scenes[-1]
 
-    monkeypatch.setattr(synthetic_voc, "generate_scene", recording_generate_scene)
-    paths = synthetic_voc.write_voc(
+    monkeypatch.setattr(syn_voc, "generate_scene", recording_generate_scene)
+    paths = syn_voc.write_voc(
         str(tmp_path), 2, 1, image_size=96, years=(2012,), segmented_fraction=1.0
     )
     year_dir = paths["VOC2012"]
@@ -231,9 +230,7 @@ def test_files_are_the_rendered_scenes(tmp_path, monkeypatch):
         stem = f"2012_{k + 1:06d}"
         _, objects = _parse(year_dir, stem)
         assert [o["name"] for o in objects] == [VOC_CLASSES[c] for c in scene.class_indices]
-        assert [tuple(o["bbox"]) for o in objects] == [
-            synthetic_voc.voc_box(m) for m in scene.masks
-        ]
+        assert [tuple(o["bbox"]) for o in objects] == [syn_voc.voc_box(m) for m in scene.masks]
         with Image.open(os.path.join(year_dir, "SegmentationObject", f"{stem}.png")) as im:
             obj = np.asarray(im)
         expected = np.zeros_like(obj)
