@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import tensorflow as tf
 from absl import logging
 
+from tfcp.data import records
+
 SUMMARY_GLOB = "*_summary.json"
 
 
@@ -79,9 +81,7 @@ def count_training_records(file_pattern: str | Sequence[str]) -> RecordCount:
       ValueError: a pattern matches no file, or a file is not a TFRecord file (the message
         names it).
     """
-    from tfcp.data import pipeline, records  # noqa: PLC0415 - heavy (Model Garden) imports
-
-    files = pipeline.list_files(file_pattern)
+    files = records.list_files(file_pattern)
     by_directory: dict[str, dict] = {}
     total, summaries, counted = 0, [], []
     for path in files:

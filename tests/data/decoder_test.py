@@ -269,3 +269,17 @@ def test_verify_image_detects_format_and_corruption():
         schema.verify_image(encoded[: len(encoded) // 2])
     with pytest.raises(ValueError, match="not a JPEG or PNG"):
         schema.verify_image(b"GIF89a....")
+
+
+def test_drop_difficult_keeps_the_other_objects_in_order():
+    decoded = {
+        "groundtruth_classes": tf.constant([1, 2, 3]),
+        "groundtruth_boxes": tf.constant([[0.0] * 4, [0.1] * 4, [0.2] * 4]),
+        "groundtruth_difficult": tf.constant([False, True, False]),
+        "source_id": tf.constant("a"),
+    }
+    kept = decoder.drop_difficult(decoded)
+    np.testing.assert_array_equal(kept["groundtruth_classes"], [1, 3])
+    np.testing.assert_allclose(kept["groundtruth_boxes"], [[0.0] * 4, [0.2] * 4])
+    np.testing.assert_array_equal(kept["groundtruth_difficult"], [False, False])
+    assert kept["source_id"].numpy() == b"a"

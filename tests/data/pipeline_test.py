@@ -206,3 +206,61 @@ class PipelineTest(tf.test.TestCase):
 
 if __name__ == "__main__":
     tf.test.main()
+
+
+class DifficultObjectsTest(tf.test.TestCase):
+    """VOC's difficult flag: dropped from training targets (also as pasted objects), kept and
+    reported in eval."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.path = os.path.join(cls._tmp.name, "voc.tfrecord")
+        masks = np.zeros([2, 48, 64], np.uint8)
+        masks[0, 4:40, 4:50] = 1
+        masks[1, 40:46, 52:60] = 1
+        with tf.io.TFRecordWriter(cls.path) as writer:
+            for i in range(4):
+                example = schema.make_example(
+                    encoded_image=schema.encode_png(np.full([48, 64, 3], 30 * i, np.uint8)),
+                    image_format="png", height=48, width=64, source_id=f"2008_{i:06d}",
+                    boxes=np.array([[4 / 48, 4 / 64, 40 / 48, 50 / 64],
+                                    [40 / 48, 52 / 64, 46 / 48, 60 / 64]], np.float32),
+                    classes=[7, 8], difficult=[0, 1], masks=masks,
+                )  # fmt: skip
+                writer.write(example.SerializeToString())
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp.cleanup()
+        super().tearDownClass()
+
+    def test_training_drops_difficult_objects_before_copy_paste(self):
+        for skip, expected in ((True, {7}), (False, {7, 8})):
+            dataset = pipeline.build_dataset(
+                self.path, global_batch_size=4, copy_paste_prob=1.0,
+                main_scale_range=(1.0, 1.0), paste_scale_range=(1.0, 1.0), flip_prob=0.0,
+                skip_difficult_during_training=skip, **SMALL,
+            )  # fmt: skip
+            _, labels = next(iter(dataset))
+            classes = labels["gt_classes"].numpy()
+            self.assertEqual(set(classes[classes > 0].tolist()), expected)
+
+    def test_eval_reports_difficult_flags_with_string_ids(self):
+        args = dict(is_training=False, global_batch_size=4, numeric_source_id=False, **SMALL)
+        _, labels = next(iter(pipeline.build_dataset(self.path, include_difficult=True, **args)))
+        gt = labels["groundtruths"]
+        self.assertAllEqual(gt["difficult"][:, :3], [[0, 1, 0]] * 4)
+        self.assertAllEqual(gt["classes"][0, :2], [7, 8])
+        self.assertEqual(gt["source_id"][3], b"2008_000003")
+        _, labels = next(iter(pipeline.build_dataset(self.path, **args)))
+        self.assertNotIn("difficult", labels["groundtruths"])
+
+    def test_eval_with_difficult_flags_rejects_more_objects_than_max(self):
+        args = dict(SMALL, max_num_instances=1)
+        dataset = pipeline.build_dataset(
+            self.path, is_training=False, global_batch_size=1, include_difficult=True, **args
+        )
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "2008_000000"):
+            next(iter(dataset))

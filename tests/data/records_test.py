@@ -180,3 +180,44 @@ class EvalRecordsTest(tf.test.TestCase):
 
 if __name__ == "__main__":
     tf.test.main()
+
+
+class OpenRecordsTest(tf.test.TestCase):
+    def test_list_files_sorts_each_pattern_and_names_an_empty_one(self):
+        tmp = tempfile.mkdtemp()
+        paths = _write_files(tmp, [1, 1, 1])
+        pattern = os.path.join(tmp, "part-*.tfrecord")
+        self.assertEqual(records.list_files(pattern), paths)
+        self.assertEqual(records.list_files(f"{paths[2]}, {paths[0]}"), [paths[2], paths[0]])
+        with self.assertRaisesRegex(ValueError, "nothing-\\*"):
+            records.list_files([pattern, os.path.join(tmp, "nothing-*")])
+
+    def test_training_stream_layout_and_resume_drop(self):
+        tmp = tempfile.mkdtemp()
+        paths = _write_files(tmp, [5, 4])
+        context = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=2
+        )
+        opened = records.open_records(
+            ",".join(paths), is_training=True, seed=3, shuffle_buffer=4,
+            input_context=context, global_batch_size=6, start_step=1, position_multiple=2,
+        )  # fmt: skip
+        self.assertEqual((opened.pipeline_id, opened.batch_size), (1, 3))
+        # Step 1 starts at position 3 of this pipeline: read from 2, drop 1 after pairing.
+        self.assertEqual(opened.drop, 1)
+        expected, _ = records.read(
+            paths, is_training=True, seed=3, shuffle_buffer=4, input_context=context,
+            batch_size=3, start_step=1, position_multiple=2,
+        )  # fmt: skip
+        self.assertEqual(_take(opened.dataset, 6), _take(expected, 6))
+        self.assertEqual(_take(opened.dataset, 1)[0][0], 2)
+
+    def test_eval_is_one_pass_in_file_order(self):
+        tmp = tempfile.mkdtemp()
+        _write_files(tmp, [2, 1])
+        opened = records.open_records(
+            os.path.join(tmp, "*.tfrecord"), is_training=False, global_batch_size=4
+        )
+        self.assertEqual((opened.drop, opened.pipeline_id, opened.batch_size), (0, 0, 4))
+        got = [r.decode() for r in opened.dataset.as_numpy_iterator()]
+        self.assertEqual(got, ["0:0", "0:10:1", "1:0"])

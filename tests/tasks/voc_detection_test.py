@@ -44,18 +44,6 @@ class VocDetectionInputTest(tf.test.TestCase):
         self.path = os.path.join(tempfile.mkdtemp(), "voc.tfrecord")
         _write(self.path)
 
-    def test_drop_difficult(self):
-        decoded = {
-            "groundtruth_classes": tf.constant([1, 2, 3]),
-            "groundtruth_boxes": tf.constant([[0.0] * 4, [0.1] * 4, [0.2] * 4]),
-            "groundtruth_difficult": tf.constant([False, True, False]),
-            "source_id": tf.constant("a"),
-        }
-        kept = voc_detection.drop_difficult(decoded)
-        self.assertAllEqual(kept["groundtruth_classes"], [1, 3])
-        self.assertAllClose(kept["groundtruth_boxes"], [[0.0] * 4, [0.2] * 4])
-        self.assertEqual(kept["source_id"], b"a")
-
     def test_training_targets_exclude_difficult(self):
         for skip, expected in ((True, [7]), (False, [7, 8])):
             ds = voc_detection.build_voc_detection_dataset(

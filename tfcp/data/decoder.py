@@ -231,3 +231,19 @@ def decode_segmentation(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     with tf.control_dependencies([check]):
         label = tf.identity(label)
     return {"source_id": parsed[schema.IMAGE_SOURCE_ID], "image": image, "label": label}
+
+
+def drop_difficult(decoded: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Removes difficult objects (VOC's `difficult` flag) from every `groundtruth_*` field.
+
+    Args:
+      decoded: a `decode` output with `groundtruth_difficult` bool [N].
+
+    Returns:
+      The same dict with the N' non-difficult objects kept, in order.
+    """
+    keep = tf.where(tf.logical_not(decoded["groundtruth_difficult"]))[:, 0]
+    return {
+        key: tf.gather(value, keep) if key.startswith("groundtruth_") else value
+        for key, value in decoded.items()
+    }

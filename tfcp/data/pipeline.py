@@ -24,8 +24,9 @@ from collections.abc import Sequence
 
 import gin
 import tensorflow as tf
+from official.vision.ops import preprocess_ops
 
-from tfcp.data import decoder, record_policy, records, sampling, service, targets
+from tfcp.data import decoder, record_policy, records, service, targets
 from tfcp.ops import copy_paste as copy_paste_lib
 from tfcp.ops import scale_jitter
 
@@ -43,23 +44,6 @@ _SOURCE_KEYS = (
 # The map functions are plain TF graphs (no Python control flow on tensors); skipping
 # AutoGraph's source conversion of them and of Model Garden's ops saves ~10 s per build.
 _no_autograph = tf.autograph.experimental.do_not_convert
-
-
-def list_files(file_pattern: str | Sequence[str]) -> list[str]:
-    """Expands comma-separated glob patterns (or a list of them) to a sorted file list.
-
-    Raises:
-      ValueError: if a pattern matches no file (the message names the pattern).
-    """
-    patterns = file_pattern.split(",") if isinstance(file_pattern, str) else list(file_pattern)
-    files = []
-    for pattern in patterns:
-        pattern = pattern.strip()
-        matched = sorted(tf.io.gfile.glob(pattern))
-        if not matched:
-            raise ValueError(f"No file matches the input pattern {pattern!r}")
-        files.extend(matched)
-    return files
 
 
 @gin.configurable
@@ -96,6 +80,8 @@ def build_dataset(
     rpn_fg_fraction: float = 0.5,
     include_mask: bool = True,
     numeric_source_id: bool = True,
+    skip_difficult_during_training: bool = False,
+    include_difficult: bool = False,
     num_parallel_calls: int = tf.data.AUTOTUNE,
     keep_is_pasted: bool = False,
     start_step: int = 0,
@@ -141,6 +127,11 @@ def build_dataset(
       include_mask: produce mask targets (training).
       numeric_source_id: eval `groundtruths.source_id` as int64 (COCO image ids, what Model
         Garden's COCO evaluator takes); False keeps the string.
+      skip_difficult_during_training: training: drop difficult objects (VOC's
+        `image/object/difficult`) right after decoding (`decoder.drop_difficult`).
+      include_difficult: eval: add `groundtruths['difficult']` int32 [B, K] (0 padding)
+        for the VOC metric, and fail on an image with more than K objects (naming its
+        source id) instead of truncating its ground truth.
       num_parallel_calls: parallelism of the map stages.
       keep_is_pasted: debug/visualization: add `labels['gt_is_pasted']` bool [B, K].
       start_step: training: the global step the stream starts at (a resumed run's
@@ -180,8 +171,6 @@ def build_dataset(
         raise ValueError(f"image_size {image_size} must be a multiple of 2**max_level")
     if not 0.0 <= copy_paste_prob <= 1.0:
         raise ValueError(f"copy_paste_prob must be in [0, 1], got {copy_paste_prob}")
-    files = list_files(file_pattern)
-    _, pipeline_id, batch_size = records.pipeline_layout(input_context, global_batch_size)
     anchor_config = dict(
         min_level=min_level,
         max_level=max_level,
@@ -192,20 +181,16 @@ def build_dataset(
     paste = copy_paste_prob > 0.0
     # Copy-Paste pairs consecutive examples: a resumed stream starts at a pair boundary and
     # drops the first example of the pair when the step's position is odd.
-    dataset, drop = records.read(
-        files,
+    dataset, drop, pipeline_id, batch_size = records.open_records(
+        file_pattern,
         is_training=is_training,
         seed=seed,
         shuffle_buffer=shuffle_buffer,
         input_context=input_context,
-        batch_size=batch_size,
+        global_batch_size=global_batch_size,
         start_step=start_step,
         position_multiple=2 if paste else 1,
-        repeat_factors=(
-            sampling.file_repeat_factors(files, repeat_factor_threshold)
-            if is_training and repeat_factor_threshold
-            else None
-        ),
+        repeat_factor_threshold=repeat_factor_threshold,
     )
     if not is_training:
         return _eval_dataset(
@@ -216,6 +201,7 @@ def build_dataset(
             anchor_config=anchor_config,
             max_num_instances=max_num_instances,
             numeric_source_id=numeric_source_id,
+            include_difficult=include_difficult,
             num_parallel_calls=num_parallel_calls,
         )
 
@@ -314,6 +300,12 @@ def build_dataset(
         num_classes=num_classes,
         num_parallel_calls=num_parallel_calls,
     )
+    if skip_difficult_during_training:
+        dataset = dataset.map(
+            lambda index, decoded: (index, decoder.drop_difficult(decoded)),
+            num_parallel_calls=num_parallel_calls,
+            deterministic=True,
+        )
     dataset = dataset.map(decode_views, num_parallel_calls=num_parallel_calls, deterministic=True)
     if paste:
         dataset = dataset.ragged_batch(2, drop_remainder=True)
@@ -343,6 +335,7 @@ def _eval_dataset(
     anchor_config,
     max_num_instances,
     numeric_source_id,
+    include_difficult,
     num_parallel_calls,
 ):
     """Eval: deterministic resize, Model Garden eval labels, every image kept."""
@@ -350,12 +343,20 @@ def _eval_dataset(
     @_no_autograph
     def parse(serialized):
         decoded = decoder.decode(serialized, include_mask=False)
+        if include_difficult:
+            num = tf.shape(decoded["groundtruth_classes"])[0]
+            check = tf.debugging.Assert(
+                num <= max_num_instances,
+                ["eval: image", decoded["source_id"], "has", num, "objects > max_num_instances"],
+            )
+            with tf.control_dependencies([check]):
+                decoded["image"] = tf.identity(decoded["image"])
         resized = scale_jitter.resize_for_eval(
             {"image": decoded["image"], "groundtruth_boxes": decoded["groundtruth_boxes"]},
             output_size=image_size,
             pad_value=pad_value,
         )
-        return targets.maskrcnn_eval_targets(
+        image, labels = targets.maskrcnn_eval_targets(
             decoded,
             resized["image"],
             resized["image_info"],
@@ -364,6 +365,11 @@ def _eval_dataset(
             max_num_instances=max_num_instances,
             numeric_source_id=numeric_source_id,
         )
+        if include_difficult:
+            labels["groundtruths"]["difficult"] = preprocess_ops.clip_or_pad_to_fixed_size(
+                tf.cast(decoded["groundtruth_difficult"], tf.int32), max_num_instances, 0
+            )
+        return image, labels
 
     dataset = dataset.map(parse, num_parallel_calls=num_parallel_calls, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=False)

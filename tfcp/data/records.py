@@ -23,12 +23,17 @@ gives every record to exactly one pipeline. Converters write record `i` to shard
 spread over the whole data set.
 
 Evaluation streams are the files in order, sharded the same way, read once.
+
+`open_records` is the entry point of every pipeline builder (`tfcp.data.pipeline`,
+`tfcp.data.segmentation_pipeline`): file patterns -> files (`list_files`) -> this input
+pipeline's records, with the per-replica batch size and input pipeline id.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -136,7 +141,7 @@ def train_records(
     """The endless training stream of one input pipeline, from position `start`.
 
     Args:
-      files: TFRecord paths (the sorted output of `pipeline.list_files`).
+      files: TFRecord paths (the sorted output of `list_files`).
       seed: the run's seed (file order, window permutations, repeats).
       shuffle_window: W, records per permuted window (the shuffle buffer size); 1 keeps
         the order of the (randomly ordered) files.
@@ -328,3 +333,91 @@ def read(
         repeat_factors=repeat_factors,
     )
     return dataset, drop
+
+
+def list_files(file_pattern: str | Sequence[str]) -> list[str]:
+    """Expands comma-separated glob patterns (or a list of them) to a sorted file list.
+
+    Raises:
+      ValueError: if a pattern matches no file (the message names the pattern).
+    """
+    patterns = file_pattern.split(",") if isinstance(file_pattern, str) else list(file_pattern)
+    files = []
+    for pattern in patterns:
+        pattern = pattern.strip()
+        matched = sorted(tf.io.gfile.glob(pattern))
+        if not matched:
+            raise ValueError(f"No file matches the input pattern {pattern!r}")
+        files.extend(matched)
+    return files
+
+
+class OpenedRecords(NamedTuple):
+    """What `open_records` returns.
+
+    Attributes:
+      dataset: training `(position int64, record_name string, serialized string)` elements
+        (endless, shuffled, resumable); eval serialized records (one pass, file order).
+      drop: training: leading examples the caller drops after its pairing stage (see
+        `read`); 0 for eval.
+      pipeline_id: this input pipeline's id (0 without an input context): part of the
+        augmentation seed.
+      batch_size: the per-replica batch size.
+    """
+
+    dataset: tf.data.Dataset
+    drop: int
+    pipeline_id: int
+    batch_size: int
+
+
+def open_records(
+    file_pattern: str | Sequence[str],
+    *,
+    is_training: bool,
+    seed: int = 0,
+    shuffle_buffer: int = 256,
+    input_context: tf.distribute.InputContext | None = None,
+    global_batch_size: int = 1,
+    start_step: int = 0,
+    position_multiple: int = 1,
+    repeat_factor_threshold: float | None = None,
+) -> OpenedRecords:
+    """The records of one input pipeline: the shared first stage of every pipeline builder.
+
+    Args:
+      file_pattern: TFRecord glob(s), comma-separated or a list; each must match a file.
+      is_training: the endless, shuffled, resumable training stream, or one eval pass.
+      seed, shuffle_buffer: see `train_records` (training).
+      input_context: sharding by input pipeline and per-replica batch size (None: one).
+      global_batch_size: batch size over all replicas.
+      start_step: training: the global step to start at.
+      position_multiple: training: see `read` (2 for a pipeline pairing records).
+      repeat_factor_threshold: training: t of repeat factor sampling (per-file factors
+        from `tfcp.data.sampling.file_repeat_factors`); None = off.
+
+    Returns:
+      `OpenedRecords(dataset, drop, pipeline_id, batch_size)`.
+
+    Raises:
+      ValueError: a pattern matches no file.
+    """
+    files = list_files(file_pattern)
+    _, pipeline_id, batch_size = pipeline_layout(input_context, global_batch_size)
+    repeat_factors = None
+    if is_training and repeat_factor_threshold:
+        from tfcp.data import sampling  # noqa: PLC0415 - sampling imports this module
+
+        repeat_factors = sampling.file_repeat_factors(files, repeat_factor_threshold)
+    dataset, drop = read(
+        files,
+        is_training=is_training,
+        seed=seed,
+        shuffle_buffer=shuffle_buffer,
+        input_context=input_context,
+        batch_size=batch_size,
+        start_step=start_step,
+        position_multiple=position_multiple,
+        repeat_factors=repeat_factors,
+    )
+    return OpenedRecords(dataset, drop, pipeline_id, batch_size)

@@ -32,7 +32,7 @@ import gin
 import tensorflow as tf
 from official.vision.ops import preprocess_ops
 
-from tfcp.data import decoder, pipeline, records
+from tfcp.data import decoder, records
 from tfcp.ops import scale_jitter
 
 IGNORE_LABEL = 255
@@ -188,15 +188,13 @@ def build_segmentation_dataset(
     Raises:
       ValueError: a pattern matches no file.
     """
-    files = pipeline.list_files(file_pattern)
-    _, pipeline_id, batch_size = records.pipeline_layout(input_context, global_batch_size)
-    dataset, _ = records.read(
-        files,
+    dataset, _, pipeline_id, batch_size = records.open_records(
+        file_pattern,
         is_training=is_training,
         seed=seed,
         shuffle_buffer=shuffle_buffer,
         input_context=input_context,
-        batch_size=batch_size,
+        global_batch_size=global_batch_size,
         start_step=start_step,
     )
     if is_training:

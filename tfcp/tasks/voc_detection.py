@@ -7,7 +7,8 @@ metric:
 
 * inputs (`build_voc_detection_dataset`, gin scopes `train` / `eval`): VOC detection
   records of `tfcp.data.converters.voc` (boxes, classes 1..20, `image/object/difficult`).
-  Training drops difficult objects from the targets (as the VOC baselines do) before the
+  A thin wrapper over `tfcp.data.pipeline.build_dataset` (no Copy-Paste, no masks):
+  training drops difficult objects from the targets (as the VOC baselines do) before the
   scale jitter; eval keeps every object and passes its difficult flag on.
 * evaluation: `tfcp.evaluation.voc.VocDetectionEvaluator` (difficult boxes neither count
   as positives nor penalize detections): `voc_mAP50` (11-point VOC2007 AP by default),
@@ -22,77 +23,11 @@ from typing import Any
 import gin
 import tensorflow as tf
 import tf_keras
-from official.vision.ops import preprocess_ops
 
-from tfcp.data import decoder, pipeline, records, targets
+from tfcp.data import pipeline
 from tfcp.modeling import factory, losses
 from tfcp.ops import scale_jitter
 from tfcp.tasks import maskrcnn
-
-_no_autograph = tf.autograph.experimental.do_not_convert
-
-
-def drop_difficult(decoded: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    """Removes difficult objects from every per-object `groundtruth_*` field.
-
-    Args:
-      decoded: a `tfcp.data.decoder.decode` output with `groundtruth_difficult` bool [N].
-
-    Returns:
-      The same dict with the N' non-difficult objects kept, in order.
-    """
-    keep = tf.where(tf.logical_not(decoded["groundtruth_difficult"]))[:, 0]
-    return {
-        key: tf.gather(value, keep) if key.startswith("groundtruth_") else value
-        for key, value in decoded.items()
-    }
-
-
-def voc_eval_example(
-    serialized: tf.Tensor,
-    *,
-    image_size: int,
-    anchor_config: dict,
-    max_num_instances: int,
-    pad_value: float = scale_jitter.DEFAULT_PAD_VALUE,
-) -> tuple[tf.Tensor, dict]:
-    """One eval example: resized image + Model Garden eval labels + difficult flags.
-
-    Returns:
-      `image` float32 [S, S, 3] normalized and labels {`image_info` [4, 2],
-      `anchor_boxes`, `groundtruths`: {`source_id` (string), `height`, `width`,
-      `num_detections` (number of objects), `boxes` [K, 4] original pixels, `classes`
-      [K], `areas`, `is_crowds`, `difficult` int32 [K] (0 padding)}}.
-
-    Raises:
-      tf.errors.InvalidArgumentError: more than K objects (names the source id).
-    """
-    decoded = decoder.decode(serialized, include_mask=False)
-    num = tf.shape(decoded["groundtruth_classes"])[0]
-    check = tf.debugging.Assert(
-        num <= max_num_instances,
-        ["VOC eval: image", decoded["source_id"], "has", num, "objects > max_num_instances"],
-    )
-    with tf.control_dependencies([check]):
-        image = tf.identity(decoded["image"])
-    resized = scale_jitter.resize_for_eval(
-        {"image": image, "groundtruth_boxes": decoded["groundtruth_boxes"]},
-        output_size=image_size,
-        pad_value=pad_value,
-    )
-    image, labels = targets.maskrcnn_eval_targets(
-        decoded,
-        resized["image"],
-        resized["image_info"],
-        image_size=image_size,
-        anchor_config=anchor_config,
-        max_num_instances=max_num_instances,
-        numeric_source_id=False,
-    )
-    labels["groundtruths"]["difficult"] = preprocess_ops.clip_or_pad_to_fixed_size(
-        tf.cast(decoded["groundtruth_difficult"], tf.int32), max_num_instances, 0
-    )
-    return image, labels
 
 
 @gin.configurable
@@ -121,7 +56,13 @@ def build_voc_detection_dataset(
     num_parallel_calls: int = tf.data.AUTOTUNE,
     start_step: int = 0,
 ) -> tf.data.Dataset:
-    """Builds the VOC Faster R-CNN training or eval dataset.
+    """Builds the VOC Faster R-CNN training or eval dataset (a `pipeline.build_dataset` wrapper).
+
+    No Copy-Paste and no masks. Training drops difficult objects
+    (`skip_difficult_during_training`); eval keeps every object, adds
+    `groundtruths['difficult']` and string source ids. Settings not listed here
+    (`on_bad_record`, `num_classes`, the tf.data service) come from the gin bindings of
+    `build_dataset` in the same scope; bad records are checked as for COCO.
 
     Args:
       file_pattern: TFRecord glob(s) (comma-separated or a list, e.g. VOC07 trainval +
@@ -147,83 +88,46 @@ def build_voc_detection_dataset(
 
     Returns:
       Training `(images, labels)` as `tfcp.data.pipeline.build_dataset` without masks;
-      eval `(images, labels)` with `groundtruths` as `voc_eval_example`.
+      eval `(images, labels)` with `groundtruths` {`source_id` string [B], `height`,
+      `width`, `num_detections`, `boxes` [B, K, 4] original pixels, `classes` [B, K],
+      `areas`, `is_crowds`, `difficult` int32 [B, K] (0 padding)}.
 
     Raises:
       ValueError: a pattern matches no file, or image_size is not a multiple of
         2**max_level.
+      tf.errors.InvalidArgumentError: eval: an image with more than K objects (names its
+        source id).
     """
-    if image_size % 2**max_level:
-        raise ValueError(f"image_size {image_size} must be a multiple of 2**max_level")
-    files = pipeline.list_files(file_pattern)
-    _, pipeline_id, batch_size = records.pipeline_layout(input_context, global_batch_size)
-    anchor_config = dict(
+    return pipeline.build_dataset(
+        file_pattern,
+        is_training=is_training,
+        global_batch_size=global_batch_size,
+        image_size=image_size,
+        input_context=input_context,
+        seed=seed,
+        shuffle_buffer=shuffle_buffer,
+        copy_paste_prob=0.0,
+        main_scale_range=scale_range,
+        paste_scale_range=scale_range,
+        flip_prob=flip_prob,
+        pad_value=pad_value,
+        skip_difficult_during_training=skip_difficult_during_training,
+        include_difficult=not is_training,
+        max_num_instances=max_num_instances,
         min_level=min_level,
         max_level=max_level,
         num_scales=num_scales,
-        aspect_ratios=tuple(aspect_ratios),
+        aspect_ratios=aspect_ratios,
         anchor_size=anchor_size,
-    )
-    dataset, _ = records.read(
-        files,
-        is_training=is_training,
-        seed=seed,
-        shuffle_buffer=shuffle_buffer,
-        input_context=input_context,
-        batch_size=batch_size,
+        rpn_match_threshold=rpn_match_threshold,
+        rpn_unmatched_threshold=rpn_unmatched_threshold,
+        rpn_batch_size_per_im=rpn_batch_size_per_im,
+        rpn_fg_fraction=rpn_fg_fraction,
+        include_mask=False,
+        numeric_source_id=False,
+        num_parallel_calls=num_parallel_calls,
         start_step=start_step,
     )
-    if not is_training:
-
-        @_no_autograph
-        def parse_eval(serialized):
-            return voc_eval_example(
-                serialized,
-                image_size=image_size,
-                anchor_config=anchor_config,
-                max_num_instances=max_num_instances,
-                pad_value=pad_value,
-            )
-
-        dataset = dataset.map(parse_eval, num_parallel_calls=num_parallel_calls, deterministic=True)
-        return dataset.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
-
-    base_seed = tf.constant([seed, pipeline_id], tf.int64)
-
-    @_no_autograph
-    def parse_train(index, record_name, serialized):
-        del record_name
-        example_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-        jitter_seed, target_seed = tf.unstack(
-            tf.random.experimental.stateless_split(example_seed, 2)
-        )
-        decoded = decoder.decode(serialized, include_mask=False)
-        if skip_difficult_during_training:
-            decoded = drop_difficult(decoded)
-        jittered = scale_jitter.scale_jitter(
-            decoded,
-            jitter_seed,
-            output_size=image_size,
-            scale_range=scale_range,
-            flip_prob=flip_prob,
-            pad_value=pad_value,
-        )
-        return targets.maskrcnn_train_targets(
-            jittered,
-            target_seed,
-            image_size=image_size,
-            anchor_config=anchor_config,
-            rpn_match_threshold=rpn_match_threshold,
-            rpn_unmatched_threshold=rpn_unmatched_threshold,
-            rpn_batch_size_per_im=rpn_batch_size_per_im,
-            rpn_fg_fraction=rpn_fg_fraction,
-            max_num_instances=max_num_instances,
-            include_mask=False,
-        )
-
-    dataset = dataset.map(parse_train, num_parallel_calls=num_parallel_calls)
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 @gin.configurable
