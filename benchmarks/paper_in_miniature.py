@@ -8,7 +8,7 @@ COCO box and mask AP on the same generated val set, and writes
   D/summary.png    the same as bars with error bars and one dot per seed
 A stopped grid resumes when the same command is run again (see tfcp/miniature/runner.py).
 
-  python benchmarks/paper_in_miniature.py --grid fig1|table10|table11|all \
+  python benchmarks/paper_in_miniature.py --grid fig1|table10|table11|schedule|all \
       [--seeds 3] [--quick] --output_dir D
 
 --quick: 1 seed, 40 training images, 10 steps: checks the machinery, not Copy-Paste.
@@ -28,7 +28,11 @@ from tfcp.miniature import grids as grids_lib
 from tfcp.miniature import report, runner
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("grid", "all", "fig1, table10, table11, a comma-separated list, or all.")
+flags.DEFINE_string(
+    "grid",
+    "all",
+    "fig1, table10, table11, schedule, a comma-separated list, or all (the first three).",
+)
 flags.DEFINE_integer("seeds", None, "Seeds per arm (default 3; --quick: 1).")
 flags.DEFINE_bool("quick", False, "Tiny data and steps: a machinery check (minutes).")
 flags.DEFINE_string("output_dir", None, "Data, runs, results.jsonl, summary.md/png.")
@@ -56,7 +60,8 @@ def _header(regime: runner.Regime, command: str, load: tuple) -> str:
             f"Command: `{command}`",
             "",
             f"Regime: tiny Mask R-CNN (ResNet-18 FPN, 128 px, batch 2), {regime.steps} steps "
-            f"per run, every arm of a grid the same; generated COCO-format data, "
+            f"per run (x3 in the schedule grid), every arm of a grid the same; "
+            f"generated COCO-format data, "
             f"{regime.num_train} training images ({regime.image_size} px), "
             f"{regime.num_val} val images, data seed {regime.data_seed}; "
             f"{regime.seeds} seed(s) per arm (seed = weights + augmentation).",

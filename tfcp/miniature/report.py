@@ -32,7 +32,7 @@ def arm_values(rows: dict, grid: Grid, label: str, fraction: float, seeds: int, 
     """{seed: row} of the finished runs of one arm on one fraction."""
     found = {}
     for seed in range(seeds):
-        spec = RunSpec(grid.arm(label), fraction, seed, steps)
+        spec = RunSpec(grid.arm(label), fraction, seed, steps * grid.steps_factor)
         if spec.run_id in rows:
             found[seed] = rows[spec.run_id]
     return found
@@ -52,6 +52,7 @@ def _fraction_label(fraction: float, rows_by_seed: dict) -> str:
 def grid_markdown(grid: Grid, rows: dict, seeds: int, steps: int) -> str:
     """The markdown section of one grid: per-arm table and paired differences."""
     lines = [f"## {grid.title}", "", f"Paper: {grid.paper}", ""]
+    lines += [f"{steps * grid.steps_factor} training steps per run.", ""]
     lines += ["| train set | arm | n | box AP | mask AP |", "|---|---|---|---|---|"]
     done = 0
     for fraction in grid.fractions:
@@ -141,12 +142,11 @@ def summary_plot(grids: Sequence[Grid], rows: dict, seeds: int, steps: int, path
             ax.set_xticks(range(len(grid.fractions)))
             ax.set_xticklabels([f"{f * 100:g} % of the train set" for f in grid.fractions])
             ax.set_ylabel(f"{name} (points)")
-            ax.set_title(f"{grid.name}: {name}", fontsize=11)
+            ax.set_title(f"{grid.name}: {name}, {steps * grid.steps_factor} steps", fontsize=11)
             ax.grid(axis="y", alpha=0.3)
             ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(
-        f"tfcp paper in miniature: mean ± std over up to {seeds} seeds, dots = seeds, "
-        f"{steps} steps per run",
+        f"tfcp paper in miniature: mean ± std over up to {seeds} seeds, dots = seeds",
         fontsize=12,
     )
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
