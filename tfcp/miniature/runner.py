@@ -272,7 +272,7 @@ def train_and_evaluate(spec: RunSpec, data: Data, output_dir: str, keep_checkpoi
     with open(attempts_path, "a") as f:
         f.write(json.dumps({"seconds": round(seconds, 1), "returncode": returncode}) + "\n")
     if returncode == PREEMPTED_EXIT_CODE or returncode < 0:
-        raise KeyboardInterrupt(f"run {spec.run_id} stopped; rerun the command to resume it")
+        raise KeyboardInterrupt(f"run {spec.run_id} stopped at its last checkpoint")
     if returncode:
         with open(log_path) as f:
             tail = f.read()[-3000:]
