@@ -40,6 +40,11 @@ def test_grid_markdown_means_stds_and_paired_differences():
     assert "| one − random subset | 1 | -14.0 [-14.0] |" in text
 
 
+def test_tiny_negative_values_print_as_zero():
+    assert report._points([-0.0001]) == "0.0"
+    assert report._one(-0.0004, "+") == "+0.0"
+
+
 def test_summary_files(tmp_path):
     selected = grids.select("table10")
     text = report.summary_markdown(selected, ROWS, 3, 5, header="# H")

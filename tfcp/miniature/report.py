@@ -24,8 +24,13 @@ def _points(values: Sequence[float]) -> str:
         return "-"
     values = 100.0 * np.asarray(values, np.float64)
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
+        return _one(values[0])
+    return f"{_one(values.mean())} ± {values.std(ddof=1):.1f}"
+
+
+def _one(value: float, sign: str = "") -> str:
+    """One decimal, never '-0.0'."""
+    return f"{round(float(value), 1) + 0.0:{sign}.1f}"
 
 
 def arm_values(rows: dict, grid: Grid, label: str, fraction: float, seeds: int, steps: int):
@@ -80,7 +85,7 @@ def grid_markdown(grid: Grid, rows: dict, seeds: int, steps: int) -> str:
             cells = []
             for metric, _ in METRICS:
                 diffs = paired_differences(arm, ref, metric)
-                per_seed = ", ".join(f"{100 * d:+.1f}" for d in diffs)
+                per_seed = ", ".join(_one(100 * d, "+") for d in diffs)
                 cells.append(f"{_points(diffs)} [{per_seed}]" if diffs else "-")
             n = len(paired_differences(arm, ref, "box_AP"))
             lines.append(
