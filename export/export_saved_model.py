@@ -32,9 +32,7 @@ from tfcp import console  # noqa: E402
 if __name__ == "__main__":
     console.setup()  # before TensorFlow is imported: keeps TF's C++/absl noise out
 
-import tensorflow as tf  # noqa: E402
 
-from tfcp import summaries  # noqa: E402
 from tfcp.serving import detection, export_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -59,31 +57,12 @@ flags.DEFINE_bool("overwrite", False, "Replace a non-empty --export_dir.")
 flags.mark_flags_as_required(["export_dir"])
 
 
-def default_gin_files(gin_files: list[str], model_dir: str | None) -> list[str]:
-    """`gin_files`, or the training run's `model_dir/config.gin` when none is given.
-
-    Raises:
-      FileNotFoundError: no --gin_file and no readable `model_dir/config.gin`.
-    """
-    if gin_files:
-        return list(gin_files)
-    if not model_dir:
-        raise FileNotFoundError("no --gin_file: give --gin_file or a --model_dir with config.gin")
-    path = os.path.join(model_dir, summaries.CONFIG_FILE)
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(
-            f"no --gin_file and {path} does not exist (python -m tfcp.train writes it): "
-            "pass the training --gin_file"
-        )
-    return [path]
-
-
 def main(argv):
     del argv
     from tfcp import gin_utils  # noqa: PLC0415
 
     try:
-        gin_files = default_gin_files(FLAGS.gin_file, FLAGS.model_dir)
+        gin_files = export_lib.export_gin_files(FLAGS.gin_file, FLAGS.model_dir)
         placeholders = gin_utils.placeholder_bindings(gin_files, FLAGS.gin_bindings)
         if placeholders:
             logging.info("Not read by export, bound to None: %s", ", ".join(placeholders))

@@ -7,7 +7,6 @@ with the run length given as TRAIN_EPOCHS over a 5-record TRAIN_FILES (-> 3 step
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -153,18 +152,16 @@ class ExportSavedModelTest(tf.test.TestCase):
         self.assertLen(markers, 1)
 
     def test_model_dir_without_config_gin_and_no_gin_file_is_a_clear_error(self):
-        spec = importlib.util.spec_from_file_location("export_saved_model", SCRIPT)
-        cli = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(cli)
-        self.assertEqual(cli.default_gin_files(["a.gin"], self.model_dir), ["a.gin"])
+        gin_files = export_lib.export_gin_files
+        self.assertEqual(gin_files(["a.gin"], self.model_dir), ["a.gin"])
         self.assertEqual(
-            cli.default_gin_files([], self.model_dir), [os.path.join(self.model_dir, "config.gin")]
+            gin_files([], self.model_dir), [os.path.join(self.model_dir, "config.gin")]
         )
         bare = os.path.join(self.tmp, "bare")
         with self.assertRaisesRegex(FileNotFoundError, r"bare/config.gin does not exist.*gin_file"):
-            cli.default_gin_files([], bare)
+            gin_files([], bare)
         with self.assertRaisesRegex(FileNotFoundError, "--model_dir with config.gin"):
-            cli.default_gin_files([], None)
+            gin_files([], None)
 
     def test_exported_model_has_the_checkpoint_weights_and_serves(self):
         self.assertEqual(self.first.returncode, 0, msg=self.first.stderr[-3000:])

@@ -8,6 +8,7 @@ import sys
 import gin
 import pytest
 import tensorflow as tf
+from absl import logging as absl_logging
 from cli_utils import run_train, write_toy_gin
 
 from tfcp import gin_utils, optimization, schedule
@@ -148,7 +149,18 @@ def test_epochs_to_steps_rounds_up_and_rejects_bad_values():
         schedule.epochs_to_steps(1, 0, 2)
 
 
-def test_train_epochs_alone_sets_train_steps_logs_it_and_config_records_it(records, caplog):
+@pytest.fixture
+def absl_info():
+    """absl INFO on for one test (an earlier `FLAGS.unparse_flags()` resets it to WARNING)."""
+    before = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.INFO)
+    yield
+    absl_logging.set_verbosity(before)
+
+
+def test_train_epochs_alone_sets_train_steps_logs_it_and_config_records_it(
+    records, caplog, absl_info
+):
     caplog.set_level(logging.INFO)
     files = f"TRAIN_FILES='{records}/train-*'"
     gin_utils.parse_gin([DEMO], [*DATA, files, "TRAIN_EPOCHS=1"])

@@ -28,6 +28,7 @@ import tensorflow as tf
 import tf_keras
 from official.vision.ops import preprocess_ops
 
+from tfcp import summaries
 from tfcp.ops import scale_jitter
 from tfcp.serving import detection
 from tfcp.serving import feature_extractor as feature_extractor_lib
@@ -308,3 +309,23 @@ def export_from_gin(
         gin_files=gin_files,
         gin_bindings=gin_bindings,
     )
+
+
+def export_gin_files(gin_files: Sequence[str], model_dir: str | None) -> list[str]:
+    """The export's gin files: `gin_files`, or the training run's `model_dir/config.gin`
+    (written by `python -m tfcp.train`) when none is given.
+
+    Raises:
+      FileNotFoundError: no gin file given and no readable `model_dir/config.gin`.
+    """
+    if gin_files:
+        return list(gin_files)
+    if not model_dir:
+        raise FileNotFoundError("no --gin_file: give --gin_file or a --model_dir with config.gin")
+    path = os.path.join(model_dir, summaries.CONFIG_FILE)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(
+            f"no --gin_file and {path} does not exist (python -m tfcp.train writes it): "
+            "pass the training --gin_file"
+        )
+    return [path]
