@@ -1,8 +1,10 @@
 """Helpers to run `python -m tfcp.train` on the toy task in a subprocess (test helper)."""
 
 import os
+import re
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
@@ -55,3 +57,24 @@ def run_train(model_dir, gin_files, bindings=(), mode="train", timeout=240, **en
         text=True,
         timeout=timeout,
     )
+
+
+def wait_for_log(proc, log_path, pattern, timeout=300):
+    """Waits until `pattern` appears in the log file of `proc`; returns the match.
+
+    Raises AssertionError (with the end of the log) if `proc` exits first or on timeout
+    (then `proc` is killed).
+    """
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with open(log_path) as f:
+            match = re.search(pattern, f.read())
+        if match:
+            return match
+        if proc.poll() is not None:
+            with open(log_path) as f:
+                tail = f.read()[-3000:]
+            raise AssertionError(f"exited ({proc.returncode}) before {pattern!r}:\n{tail}")
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"timeout waiting for {pattern!r}")

@@ -11,25 +11,10 @@ import unittest
 
 import gin
 import tensorflow as tf
-from cli_utils import REPO, env, run_train, train_cmd, write_toy_gin
+from cli_utils import REPO, env, run_train, train_cmd, wait_for_log, write_toy_gin
 from events import read_scalars
 
 from tfcp import gin_utils, optimization
-
-
-def _wait_for(proc, log_path, pattern, timeout=180):
-    """Waits until `pattern` appears in the log file; returns the match."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with open(log_path) as f:
-            match = re.search(pattern, f.read())
-        if match:
-            return match
-        if proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) before {pattern!r}")
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError(f"timeout waiting for {pattern!r}")
 
 
 class TrainCliTest(unittest.TestCase):
@@ -102,7 +87,7 @@ class TrainCliTest(unittest.TestCase):
 
     def test_sigkill_after_checkpoint_then_resume(self):
         proc, log_path = self._start(["TRAIN_STEPS=100000"])
-        _wait_for(proc, log_path, r"Saved checkpoint \S+ckpt-10\b")
+        wait_for_log(proc, log_path, r"Saved checkpoint \S+ckpt-10\b")
         proc.send_signal(signal.SIGKILL)
         proc.wait(60)
         latest = tf.train.latest_checkpoint(self.model_dir)
@@ -120,7 +105,7 @@ class TrainCliTest(unittest.TestCase):
         proc, log_path = self._start(
             ["TRAIN_STEPS=100000", "tfcp.Trainer.checkpoint_interval=50000"]
         )
-        _wait_for(proc, log_path, r"step 3/100000")
+        wait_for_log(proc, log_path, r"step 3/100000")
         proc.send_signal(signal.SIGTERM)
         self.assertEqual(proc.wait(120), 143)
         with open(log_path) as f:

@@ -4,7 +4,6 @@ tfcp.train` reading through them, the workers doing the preprocessing, one of th
 mid-run without the trainer failing."""
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -17,7 +16,7 @@ from collections import Counter
 import tensorflow as tf
 
 from tests import bad_records
-from tests.cli_utils import REPO, env, train_cmd
+from tests.cli_utils import REPO, env, train_cmd, wait_for_log
 from tfcp.data import pipeline, records, service
 
 
@@ -118,22 +117,6 @@ def _start(cmd, log_path):
     return proc
 
 
-def _wait_for(proc, log_path, pattern, timeout=300):
-    """Waits for `pattern` in the log file of `proc`; returns the match."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with open(log_path) as f:
-            match = re.search(pattern, f.read())
-        if match:
-            return match
-        if proc.poll() is not None:
-            with open(log_path) as f:
-                tail = f.read()[-3000:]
-            raise AssertionError(f"exited ({proc.returncode}) before {pattern!r}:\n{tail}")
-        time.sleep(0.2)
-    raise AssertionError(f"timeout waiting for {pattern!r} in {log_path}")
-
-
 def _read(path):
     with open(path) as f:
         return f.read()
@@ -151,7 +134,7 @@ class ServiceEndToEndTest(unittest.TestCase):
 
         cli = [sys.executable, "-m", "tfcp.data.service"]
         start("d", cli + ["dispatcher", "--port", "0", "--work_dir", os.path.join(tmp, "work")])
-        address = _wait_for(procs["d"], logs["d"], r"dispatcher at (\S+) \(")[1]
+        address = wait_for_log(procs["d"], logs["d"], r"dispatcher at (\S+) \(")[1]
         for name in ("w0", "w1"):
             start(name, cli + ["worker", "--dispatcher_address", address, "--port", "0"])
         # Training data: good records and one bad one (named when skipped, see below).
@@ -160,7 +143,7 @@ class ServiceEndToEndTest(unittest.TestCase):
         )
         bad_name = f"bad record {data.path}:5 (source_id 5-nan_box)"
         for name in ("w0", "w1"):
-            _wait_for(procs[name], logs[name], r"worker at \S+")
+            wait_for_log(procs[name], logs[name], r"worker at \S+")
         # A worker runs ~25 batches ahead of its reader: most steps come after the crash, more
         # than the survivor's and the trainer's buffers hold.
         steps = 80
@@ -177,11 +160,11 @@ class ServiceEndToEndTest(unittest.TestCase):
         ]
         model_dir = os.path.join(tmp, "model")
         start("train", train_cmd(model_dir, ["demo/maskrcnn_tiny_copy_paste.gin"], bindings))
-        _wait_for(procs["train"], logs["train"], rf"step 2/{steps} \|", timeout=600)
+        wait_for_log(procs["train"], logs["train"], rf"step 2/{steps} \|", timeout=600)
         procs["w0"].kill()  # SIGKILL: no goodbye to the dispatcher
         procs["w0"].wait(30)
         survivor_epochs_at_crash = _read(logs["w1"]).count(bad_name)
-        _wait_for(procs["train"], logs["train"], rf"step {steps}/{steps} \|", timeout=600)
+        wait_for_log(procs["train"], logs["train"], rf"step {steps}/{steps} \|", timeout=600)
         self.assertEqual(procs["train"].wait(120), 0, _read(logs["train"])[-3000:])
         trainer_log = _read(logs["train"])
         self.assertIn("distributed_epoch: batches arrive in the order", trainer_log)
