@@ -26,7 +26,7 @@ import gin
 import tensorflow as tf
 from official.vision.ops import preprocess_ops
 
-from tfcp.data import decoder, record_policy, records, service, targets
+from tfcp.data import decoder, mixed_sources, record_policy, records, service, targets
 from tfcp.ops import copy_paste as copy_paste_lib
 from tfcp.ops import scale_jitter
 
@@ -39,6 +39,7 @@ _SOURCE_KEYS = (
     "groundtruth_difficult",
     "groundtruth_instance_masks",
     "groundtruth_is_pasted",
+    "groundtruth_from_pseudo",
 )
 
 # The map functions are plain TF graphs (no Python control flow on tensors); skipping
@@ -91,6 +92,10 @@ def build_dataset(
     data_service_address: str | None = None,
     data_service_processing_mode: str = "distributed_epoch",
     data_service_job_name: str | None = None,
+    pseudo_file_pattern: str | Sequence[str] | None = None,
+    pseudo_fraction: float = 0.5,
+    paste_into: str = "both",
+    paste_from: str = "labeled",
 ) -> tf.data.Dataset:
     """Builds the Mask R-CNN training or eval dataset.
 
@@ -133,7 +138,9 @@ def build_dataset(
         for the VOC metric, and fail on an image with more than K objects (naming its
         source id) instead of truncating its ground truth.
       num_parallel_calls: parallelism of the map stages.
-      keep_is_pasted: debug/visualization: add `labels['gt_is_pasted']` bool [B, K].
+      keep_is_pasted: debug/visualization: add `labels['gt_is_pasted']` bool [B, K]; with
+        `pseudo_file_pattern` also `labels['gt_from_pseudo']` bool [B, K] (the object's
+        label comes from a pseudo-labeled image) and `labels['is_pseudo']` bool [B].
       start_step: training: the global step the stream starts at (a resumed run's
         checkpoint step): the batches are exactly those an uninterrupted run gets from
         that step on, and starting costs the same at any step.
@@ -156,6 +163,17 @@ def build_dataset(
         use one worker only).
       data_service_job_name: None: each iterator owns an anonymous job; a name: the job
         '<name>-p<input pipeline>-s<start_step>', shared by iterators of that pipeline.
+      pseudo_file_pattern: training: TFRecord glob(s) of pseudo-labeled images (gin macro
+        PSEUDO_FILES; `python -m tfcp.pseudo_label` then `create_coco_tfrecord`); None
+        trains on `file_pattern` alone. With it, `file_pattern` is the labeled data and
+        every per-replica batch holds both (`tfcp.data.mixed_sources`); repeat factor
+        sampling, if on, applies to the labeled data only.
+      pseudo_fraction: the share of pseudo-labeled images in every batch (paper: 0.5);
+        pseudo_fraction x per-replica batch must be a whole number.
+      paste_into: which images get Copy-Paste: 'labeled', 'pseudo' or 'both' (paper
+        Table 3; default both).
+      paste_from: where pasted objects come from: 'labeled' (ground truth, the paper's
+        choice) or 'pseudo'.
 
     Returns:
       A `tf.data.Dataset` of `(images float32 [B, S, S, 3], labels)`, see the module doc.
@@ -179,18 +197,32 @@ def build_dataset(
         anchor_size=anchor_size,
     )
     paste = copy_paste_prob > 0.0
-    # Copy-Paste pairs consecutive examples: a resumed stream starts at a pair boundary and
-    # drops the first example of the pair when the step's position is odd.
-    dataset, drop, pipeline_id, batch_size = records.open_records(
-        file_pattern,
+    mixed = pseudo_file_pattern is not None
+    if mixed and not is_training:
+        raise ValueError("pseudo_file_pattern is for training; evaluate on labeled data")
+    _, _, batch_size = records.pipeline_layout(input_context, global_batch_size)
+    num_labeled, num_pseudo = batch_size, 0
+    if mixed:
+        num_labeled, num_pseudo = mixed_sources.split_batch(batch_size, pseudo_fraction)
+        if paste:
+            mixed_sources.check_paste(paste_into, paste_from, num_labeled, num_pseudo)
+    replicas = global_batch_size // batch_size
+    open_args = dict(
         is_training=is_training,
         seed=seed,
         shuffle_buffer=shuffle_buffer,
         input_context=input_context,
-        global_batch_size=global_batch_size,
         start_step=start_step,
-        position_multiple=2 if paste else 1,
+    )
+    # Copy-Paste pairs consecutive examples: a resumed stream starts at a pair boundary and
+    # drops the first example of the pair when the step's position is odd. (Two sources
+    # pair inside each batch: no pairs span batches.)
+    dataset, drop, pipeline_id, _ = records.open_records(
+        file_pattern,
+        global_batch_size=num_labeled * replicas,
+        position_multiple=2 if paste and not mixed else 1,
         repeat_factor_threshold=repeat_factor_threshold,
+        **open_args,
     )
     if not is_training:
         return _eval_dataset(
@@ -209,11 +241,12 @@ def build_dataset(
     # One jittered view serves as target and (for the partner) as source, unless the pasted
     # images have their own jitter range (paper Table 11).
     separate_source_view = paste and tuple(paste_scale_range) != tuple(main_scale_range)
+    keep_source_flags = keep_is_pasted and mixed
     keep_is_pasted = keep_is_pasted and paste
 
     @_no_autograph
-    def decode_views(index, decoded):
-        example_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
+    def decode_views(index, decoded, stream_seed=base_seed):
+        example_seed = tf.random.experimental.stateless_fold_in(stream_seed, index)
         seeds = tf.random.experimental.stateless_split(example_seed, 3)
         target = scale_jitter.scale_jitter(
             decoded,
@@ -280,6 +313,16 @@ def build_dataset(
         return tf.cond(coin < copy_paste_prob, pasted, lambda: dict(target))
 
     @_no_autograph
+    def paste_example(example_seed, target, source, do_paste):
+        source = dict(source)
+        if keep_is_pasted:
+            source["groundtruth_is_pasted"] = tf.ones_like(source["groundtruth_is_crowd"])
+        example = tf.cond(
+            do_paste, lambda: paste_one(target, source, example_seed), lambda: dict(target)
+        )
+        return make_targets(example, example_seed)
+
+    @_no_autograph
     def cross_pair(example_seeds, pair_targets, pair_sources=None):
         if pair_sources is None:
             pair_sources = {k: v for k, v in pair_targets.items() if k in _SOURCE_KEYS}
@@ -293,21 +336,58 @@ def build_dataset(
             outputs.append(make_targets(example, example_seeds[k]))
         return tf.nest.map_structure(lambda a, b: tf.stack([a, b]), outputs[0], outputs[1])
 
-    dataset = record_policy.decode_stage(
-        dataset,
-        on_bad_record=on_bad_record,
-        include_mask=include_mask or paste,
-        num_classes=num_classes,
-        num_parallel_calls=num_parallel_calls,
-    )
-    if skip_difficult_during_training:
-        dataset = dataset.map(
-            lambda index, decoded: (index, decoder.drop_difficult(decoded)),
+    def views(records_dataset, stream_seed=base_seed):
+        decoded = record_policy.decode_stage(
+            records_dataset,
+            on_bad_record=on_bad_record,
+            include_mask=include_mask or paste,
+            num_classes=num_classes,
+            num_parallel_calls=num_parallel_calls,
+        )
+        if skip_difficult_during_training:
+            decoded = decoded.map(
+                lambda index, example: (index, decoder.drop_difficult(example)),
+                num_parallel_calls=num_parallel_calls,
+                deterministic=True,
+            )
+        return decoded.map(
+            lambda index, example: decode_views(index, example, stream_seed),
             num_parallel_calls=num_parallel_calls,
             deterministic=True,
         )
-    dataset = dataset.map(decode_views, num_parallel_calls=num_parallel_calls, deterministic=True)
-    if paste:
+
+    if mixed:
+        pseudo, _, _, _ = records.open_records(
+            pseudo_file_pattern, global_batch_size=num_pseudo * replicas, **open_args
+        )
+        streams = []
+        for is_pseudo, stream, stream_seed in (
+            (False, dataset, base_seed),
+            (True, pseudo, tf.random.experimental.stateless_fold_in(base_seed, 1)),
+        ):
+            streams.append(
+                views(stream, stream_seed).map(
+                    lambda *v, p=is_pseudo: mixed_sources.tag_views(v, p, keep_source_flags),
+                    num_parallel_calls=num_parallel_calls,
+                )
+            )
+        dataset = mixed_sources.mix(
+            *streams,
+            num_labeled=num_labeled,
+            num_pseudo=num_pseudo,
+            paste=paste,
+            paste_into=paste_into,
+            paste_from=paste_from,
+            source_keys=_SOURCE_KEYS,
+            num_parallel_calls=num_parallel_calls,
+        )
+    else:
+        dataset = views(dataset)
+    if mixed and paste:
+        dataset = dataset.map(
+            paste_example, num_parallel_calls=num_parallel_calls, deterministic=True
+        )
+    elif paste:
         dataset = dataset.ragged_batch(2, drop_remainder=True)
         dataset = dataset.map(cross_pair, num_parallel_calls=num_parallel_calls, deterministic=True)
         dataset = dataset.unbatch().skip(drop)

@@ -106,7 +106,8 @@ def maskrcnn_train_targets(
       example: a jittered (and possibly copy-pasted) example at [S, S]: `image` uint8
         [S, S, 3], `groundtruth_boxes` float32 [N, 4] normalized, `groundtruth_classes` int
         [N], `groundtruth_is_crowd` bool [N], `groundtruth_instance_masks` uint8 [N, S, S],
-        `image_info` float32 [4, 2]; optional `groundtruth_is_pasted` bool [N].
+        `image_info` float32 [4, 2]; optional `groundtruth_is_pasted` bool [N], and with
+        two training sources `groundtruth_from_pseudo` bool [N] and `is_pseudo` bool [].
       seed: int [2], the seed of the RPN anchor subsampling.
       image_size: S (a multiple of 2**max_level).
       anchor_config: kwargs of `anchor_boxes` (min_level, max_level, num_scales,
@@ -121,7 +122,9 @@ def maskrcnn_train_targets(
       mask_crop_size: M, the size of the mask targets.
       include_mask: produce `gt_masks` and `gt_outer_boxes`.
       skip_crowd: drop crowd objects from the targets (Model Garden's default).
-      keep_is_pasted: also output `gt_is_pasted` bool [K] (for visualization).
+      keep_is_pasted: also output `gt_is_pasted` bool [K] (for visualization). An example
+        with the source flags of two training sources always gets `gt_from_pseudo` bool
+        [K] and `is_pseudo` bool [] in its labels.
 
     Returns:
       `image` float32 [S, S, 3] normalized with MEAN_NORM/STDDEV_NORM, and labels:
@@ -181,6 +184,13 @@ def maskrcnn_train_targets(
         labels["gt_is_pasted"] = preprocess_ops.clip_or_pad_to_fixed_size(
             is_pasted, max_num_instances, False
         )
+    if "groundtruth_from_pseudo" in example:
+        from_pseudo = tf.gather(example["groundtruth_from_pseudo"], keep)
+        labels["gt_from_pseudo"] = preprocess_ops.clip_or_pad_to_fixed_size(
+            from_pseudo, max_num_instances, False
+        )
+    if "is_pseudo" in example:
+        labels["is_pseudo"] = example["is_pseudo"]
     return image, labels
 
 
