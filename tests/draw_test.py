@@ -46,6 +46,87 @@ class DrawTest(tf.test.TestCase):
         self.assertTrue((bottom_pasted == 255).all(axis=-1).any())
         self.assertTrue((bottom_pasted == draw.color(0)).all(axis=-1).any())
 
+    def test_pseudo_image_gets_a_violet_frame_and_a_badge_labels_keep_off(self):
+        image = np.zeros([96, 96, 3], np.uint8)
+        box = np.array([[2.0, 2.0, 60.0, 60.0]])  # its label cannot go above: the badge's spot
+        plain = draw.draw_instances(image, box, [1])
+        pseudo = draw.draw_instances(image, box, [1], is_pseudo=True)
+        violet = np.asarray(draw.PSEUDO_COLOR)
+        self.assertFalse((plain == violet).all(-1).any())
+        # Frame: 2 line widths (2 px at 96 px) on every side.
+        for edge in (pseudo[:4, 70], pseudo[-4:, 70], pseudo[85, :4], pseudo[85, -4:]):
+            self.assertTrue((edge == violet).all(), edge)
+        self.assertFalse((pseudo[4:-4, 70] == violet).all(-1).any())
+        # Badge at the frame's inner corner: violet fill with white text, black border.
+        self.assertAllEqual(pseudo[4, 4], [0, 0, 0])
+        badge = pseudo[5:16, 5:40]
+        self.assertGreater((badge == violet).all(-1).sum(), 100)
+        self.assertGreater((badge > 200).all(-1).sum(), 10)  # white text on violet
+        # The object's label keeps off the badge: plain drawing puts it at the top (above the
+        # box, clamped into the image); here it moves below the badge.
+        rows = np.nonzero((pseudo[:, 5] == draw.color(0)).all(-1))[0]
+        plain_rows = np.nonzero((plain[:, 5] == draw.color(0)).all(-1))[0]
+        self.assertLess(plain_rows.min(), 10)
+        self.assertGreater(rows.min(), 10)
+
+    def test_objects_pasted_from_pseudo_images_are_dashed_violet_and_tagged_p_star(self):
+        image = np.zeros([60, 60, 3], np.uint8)
+        box = np.array([[30.0, 10.0, 55.0, 55.0]])
+
+        def drawn(**flags):
+            return draw.draw_instances(image, box, [1], **flags)
+
+        from_labeled = drawn(is_pasted=[True], from_pseudo=[False])
+        from_pseudo = drawn(is_pasted=[True], from_pseudo=[True])
+        self.assertAllEqual(from_labeled, drawn(is_pasted=[True]))  # the default: labeled
+        violet, white = np.asarray(draw.PSEUDO_COLOR), np.asarray(draw.PASTED_OUTLINE)
+        bottom_labeled, bottom_pseudo = from_labeled[54, 10:56], from_pseudo[54, 10:56]
+        self.assertTrue((bottom_labeled == white).all(-1).any())
+        self.assertFalse((bottom_labeled == violet).all(-1).any())
+        self.assertTrue((bottom_pseudo == violet).all(-1).any())
+        self.assertFalse((bottom_pseudo == white).all(-1).any())
+        self.assertTrue((bottom_pseudo == draw.color(0)).all(-1).any())  # alternating
+
+        # Tags: "P* 1" is wider than "P 1" (the label's fill above the box, widest row).
+        def tag_width(out):
+            return int((out[:29] == draw.color(0)).all(-1).sum(-1).max())
+
+        self.assertGreater(tag_width(from_pseudo), tag_width(from_labeled) + 2)
+        # An object that is not pasted looks the same whatever its origin (the tile's
+        # "pseudo" badge says its labels are pseudo labels).
+        self.assertAllEqual(drawn(from_pseudo=[True]), drawn(from_pseudo=[False]))
+        self.assertFalse((drawn(from_pseudo=[True]) == violet).all(-1).any())
+
+    def test_render_keeps_the_pseudo_marks_sharp_at_tile_size(self):
+        """A 128 px pseudo-labeled sample on a 384 px tile: 4 px frame, badge >= 14 px tall."""
+        image = np.full([128, 128, 3], 100, np.uint8)
+        out = draw.render(image, np.zeros([0, 4]), [], size=384, is_pseudo=True)
+        violet = np.asarray(draw.PSEUDO_COLOR)
+        self.assertEqual(out.shape, (384, 384, 3))
+        self.assertTrue((out[:4, 200] == violet).all())
+        self.assertAllEqual(out[4, 200], [100, 100, 100])
+        badge_rows = np.nonzero((out[:, 6] == violet).all(-1))[0]
+        badge_rows = badge_rows[badge_rows >= 4]
+        self.assertGreaterEqual(len(badge_rows), 14)
+
+    def test_mixed_batch_legend_explains_the_marks_and_fits_one_tile(self):
+        legend = draw.mixed_batch_legend(384, font_size=16)
+        self.assertEqual(legend.shape[1], 384)
+        self.assertEqual(legend.dtype, np.uint8)
+        self.assertLess(legend.shape[0], 100)
+        background = np.asarray(draw.LEGEND_BACKGROUND)
+        self.assertTrue((legend[:, -8:] == background).all())  # the text fits in 384 px
+        third = legend.shape[0] // 3
+        lines = [legend[k * third : (k + 1) * third] for k in range(3)]
+        violet, white = np.asarray(draw.PSEUDO_COLOR), np.asarray(draw.PASTED_OUTLINE)
+        swatches = [line[:, :45] for line in lines]  # the sample box of each line
+        self.assertGreater((lines[0] == violet).all(-1).sum(), 200)  # the badge
+        self.assertTrue((swatches[1] == white).all(-1).any())  # white dashes: from labeled
+        self.assertFalse((swatches[1] == violet).all(-1).any())
+        self.assertTrue((swatches[2] == violet).all(-1).any())  # violet dashes: from pseudo
+        for line in lines:
+            self.assertGreater((line > 200).all(-1).sum(), 50)  # white text on every line
+
     def test_mask_outline_is_the_border_band(self):
         mask = np.zeros([8, 8], np.uint8)
         mask[1:7, 2:8] = 1

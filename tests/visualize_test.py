@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import tempfile
+from unittest import mock
 
 import gin
 import numpy as np
@@ -43,6 +44,24 @@ def _write_records(path: str, num: int = 4) -> None:
                 masks=masks,
             )
             writer.write(example.SerializeToString())
+
+
+def _mixed_batch():
+    """A 2-image batch as the self-training pipeline gives it (numpy), 64 px, K = 3."""
+    gray = np.full([2, SIZE, SIZE, 3], 90, np.uint8)
+    images = (gray / 255.0 - draw.MEAN_NORM) / draw.STDDEV_NORM
+    boxes = np.zeros([2, 3, 4], np.float32)
+    boxes[:, 0] = [20, 20, 40, 40]  # the pasted object of each image
+    boxes[:, 1] = [44, 4, 60, 24]
+    labels = {
+        "gt_classes": np.array([[1, 2, -1], [1, 2, -1]]),
+        "gt_boxes": boxes,
+        "gt_masks": np.ones([2, 3, 8, 8], np.float32),
+        "gt_is_pasted": np.array([[True, False, False], [True, False, False]]),
+        "gt_from_pseudo": np.array([[True, False, False], [False, True, False]]),
+        "is_pseudo": np.array([False, True]),
+    }
+    return images.astype(np.float32), labels
 
 
 def _parse(gin_files, bindings):
@@ -146,6 +165,47 @@ class VisualizeTest(tf.test.TestCase):
             self.assertEqual(visualize.load_class_names(flags.FLAGS), {1: "person", 3: "car"})
         with flagsaver.flagsaver(label_map=path, class_names=["bg", "a"]):
             self.assertEqual(visualize.load_class_names(flags.FLAGS), ["bg", "a"])
+
+    def test_draw_batch_marks_pseudo_images_and_objects_pasted_from_them(self):
+        """Hand-made self-training labels: image 0 labeled (an object pasted from a pseudo
+        image), image 1 pseudo-labeled (an object pasted from a labeled image)."""
+        images, labels = _mixed_batch()
+        tiles = visualize.draw_batch(images, labels, tile_size=384)
+        violet = np.asarray(draw.PSEUDO_COLOR)
+        labeled, pseudo = tiles
+        self.assertEqual(labeled.shape, (384, 384, 3))
+        # The pseudo-labeled tile is framed (4 px at 384) and badged; the labeled one is not.
+        self.assertTrue((pseudo[:4, 200] == violet).all() and (pseudo[-4:, 200] == violet).all())
+        self.assertFalse((labeled[:4, 200] == violet).all(-1).any())
+        # Tile 0's pasted object (box rows 20..40 x cols 20..40 of 64 -> x6) is dashed
+        # violet/instance color: its bottom edge (y 239) alternates the two.
+        bottom = labeled[239, 120:241]
+        self.assertTrue((bottom == violet).all(-1).any())
+        self.assertTrue((bottom == draw.color(0)).all(-1).any())
+        self.assertFalse((bottom == draw.PASTED_OUTLINE).all(-1).any())
+        # Tile 1's pasted object comes from a labeled image: white dashes, no violet on it.
+        bottom = pseudo[239, 120:241]
+        self.assertTrue((bottom == draw.PASTED_OUTLINE).all(-1).any())
+        self.assertFalse((bottom == violet).all(-1).any())
+        # Nothing else of tile 0 is violet: the padding row (class -1) draws nothing.
+        inside = labeled.copy()
+        inside[100:260, 100:260] = 0
+        self.assertFalse((inside == violet).all(-1).any())
+
+    def test_augmented_grid_of_a_mixed_batch_has_a_legend(self):
+        images, labels = _mixed_batch()
+        flags.FLAGS.mark_as_parsed()
+        with flagsaver.flagsaver(columns=2, tile_size=384):
+            with mock.patch.object(visualize, "sample_batch", return_value=(images, labels)):
+                mixed = visualize.augmented_grid(flags.FLAGS)
+            single = {k: v for k, v in labels.items() if k not in ("is_pseudo", "gt_from_pseudo")}
+            with mock.patch.object(visualize, "sample_batch", return_value=(images, single)):
+                plain = visualize.augmented_grid(flags.FLAGS)
+        self.assertEqual(plain.shape, (384, 2 * 384 + 4, 3))
+        legend = draw.mixed_batch_legend(2 * 384 + 4, font_size=16)
+        self.assertEqual(mixed.shape, (384 + 4 + legend.shape[0], 2 * 384 + 4, 3))
+        self.assertAllEqual(mixed[-legend.shape[0] :], legend)
+        self.assertFalse((plain == draw.PSEUDO_COLOR).all(-1).any())
 
     def test_unknown_mode_is_a_usage_error(self):
         flags.FLAGS.mark_as_parsed()

@@ -6,6 +6,13 @@ drawing, so translucent masks with outlines, boxes and labels (font and line wid
 the drawing's size; label text black or white against its fill) read well even for 128 px
 training images. All functions take and return numpy arrays; nothing here depends on
 TensorFlow.
+
+Self-training batches (labeled + pseudo-labeled images) are marked in one color,
+`PSEUDO_COLOR`, a violet that no instance color can be (those have a 255 channel): a
+pseudo-labeled image gets a frame and a "pseudo" badge in its top-left corner; a pasted
+object is dashed white/instance color and tagged "P" when it comes from a labeled image,
+dashed violet/instance color and tagged "P*" when it comes from a pseudo-labeled one.
+`mixed_batch_legend` explains the marks under a grid.
 """
 
 from __future__ import annotations
@@ -20,6 +27,11 @@ from PIL import Image, ImageDraw, ImageFont
 MEAN_NORM = (0.485, 0.456, 0.406)
 STDDEV_NORM = (0.229, 0.224, 0.225)
 PASTED_OUTLINE = (255, 255, 255)
+# Pseudo-labeled images and objects pasted from them: frame, badge and dashes in this color.
+PSEUDO_COLOR = (160, 32, 240)
+PSEUDO_BADGE = "pseudo"
+PASTED_TAG, PASTED_PSEUDO_TAG = "P", "P*"
+LEGEND_BACKGROUND = (64, 64, 64)
 # Grid tiles are drawn this large by default: masks and labels readable on screen.
 DEFAULT_TILE_SIZE = 384
 
@@ -77,6 +89,8 @@ def draw_instances(
     *,
     scores: Sequence[float] | None = None,
     is_pasted: Sequence[bool] | None = None,
+    from_pseudo: Sequence[bool] | None = None,
+    is_pseudo: bool = False,
     class_names: dict[int, str] | Sequence[str] | None = None,
     alpha: float = 0.45,
     font_size: int | None = None,
@@ -93,7 +107,13 @@ def draw_instances(
       classes: N integer class ids (the color follows the instance index).
       masks: optional 0/1 [N, H, W].
       scores: optional N scores appended to the labels.
-      is_pasted: optional N flags; pasted objects get a white dashed outline and a "P" tag.
+      is_pasted: optional N flags; pasted objects get a dashed box and a "P" tag.
+      from_pseudo: optional N flags: the object's label comes from a pseudo-labeled image.
+        A pasted one is dashed `PSEUDO_COLOR`/instance color and tagged "P*" (else white/
+        instance color and "P"); objects not pasted are drawn as usual (`is_pseudo` marks
+        the image whose own labels are pseudo labels).
+      is_pseudo: the image is pseudo-labeled: a `PSEUDO_COLOR` frame (2 line widths) and a
+        "pseudo" badge in the top-left corner (labels are kept off it).
       class_names: optional id -> name mapping (dict, or a sequence indexed by id).
       alpha: mask fill opacity.
       font_size: label text size in pixels (default: the longer image side / 24, >= 10).
@@ -115,24 +135,32 @@ def draw_instances(
             canvas[mask_outline(masks[i], line_width // 2 + 1)] = color(i)
     out = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
-    pasted = [bool(p) for p in is_pasted] if is_pasted is not None else [False] * n
+    pasted = _flags(is_pasted, n)
+    pseudo_objects = _flags(from_pseudo, n)
     for i in range(n):
         y0, x0, y1, x1 = (float(v) for v in boxes[i])
         if pasted[i]:
-            _dashed_rectangle(
-                draw, (x0, y0, x1, y1), PASTED_OUTLINE, color(i), 3.0 * line_width, line_width
-            )
+            dash = PSEUDO_COLOR if pseudo_objects[i] else PASTED_OUTLINE
+            _dashed_rectangle(draw, (x0, y0, x1, y1), dash, color(i), 3.0 * line_width, line_width)
         else:
             draw.rectangle((x0, y0, x1, y1), outline=color(i), width=line_width)
     font, placed = _font(font_size), []
+    if is_pseudo:
+        frame = 2 * line_width
+        draw.rectangle((0, 0, width - 1, height - 1), outline=PSEUDO_COLOR, width=frame)
+        placed.append(_text_box(draw, PSEUDO_BADGE, (frame, frame), PSEUDO_COLOR, font))
     for i in range(n):  # labels last: no box or outline crosses a label
         label = _name(int(classes[i]), class_names)
         if scores is not None:
             label += f" {float(scores[i]):.2f}"
         if pasted[i]:
-            label = "P " + label
+            label = f"{PASTED_PSEUDO_TAG if pseudo_objects[i] else PASTED_TAG} {label}"
         _label(draw, label, boxes[i], color(i), font, (width, height), placed)
     return np.asarray(out)
+
+
+def _flags(values: Sequence[bool] | None, n: int) -> list[bool]:
+    return [bool(v) for v in values] if values is not None else [False] * n
 
 
 def mask_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
@@ -165,8 +193,7 @@ def _label(draw, text, box, rgb, font, image_size, placed: list, pad: int = 2) -
     """
     width, height = image_size
     y0, x0, y1 = float(box[0]), float(box[1]), float(box[2])
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    w, h = right - left + 2 * pad, bottom - top + 2 * pad
+    w, h = _text_box_size(draw, text, font, pad)
     x = min(max(x0, 0.0), max(width - w, 0))
     spots = [min(max(y, 0.0), max(height - h, 0)) for y in (y0 - h, y0, y1)]
 
@@ -174,9 +201,22 @@ def _label(draw, text, box, rgb, font, image_size, placed: list, pad: int = 2) -
         return all(x >= r or x + w <= l_ or y >= b or y + h <= t for l_, t, r, b in placed)
 
     y = next((y for y in spots if free(y)), spots[0])
-    placed.append((x, y, x + w, y + h))
+    placed.append(_text_box(draw, text, (x, y), rgb, font, pad))
+
+
+def _text_box_size(draw, text, font, pad: int) -> tuple[int, int]:
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    return right - left + 2 * pad, bottom - top + 2 * pad
+
+
+def _text_box(draw, text, xy, rgb, font, pad: int = 2) -> tuple[float, float, float, float]:
+    """`text` on a black-bordered box filled with `rgb`, top-left at `xy`; returns the box."""
+    x, y = xy
+    w, h = _text_box_size(draw, text, font, pad)
+    left, top = draw.textbbox((0, 0), text, font=font)[:2]
     draw.rectangle((x, y, x + w - 1, y + h - 1), fill=rgb, outline=(0, 0, 0))
     draw.text((x + pad - left, y + pad - top), text, fill=text_color(rgb), font=font)
+    return x, y, x + w, y + h
 
 
 def render(
@@ -257,6 +297,48 @@ def _dashed_rectangle(draw, box, color_a, color_b, dash: float = 6.0, width: int
                 ay + (by - ay) * t1,
             )
             draw.line(segment, fill=color_a if k % 2 == 0 else color_b, width=width)
+
+
+def mixed_batch_legend(width: int, font_size: int = 16) -> np.ndarray:
+    """The key to a self-training grid's marks, one line each, to put under the grid.
+
+    Lines: the violet "pseudo" badge (a pseudo-labeled image), a white-dashed box tagged
+    "P" (pasted from a labeled image), a violet-dashed box tagged "P*" (pasted from a
+    pseudo-labeled image); white text on `LEGEND_BACKGROUND`.
+
+    Args:
+      width: the legend's width in pixels (the grid's).
+      font_size: text size in pixels (the tiles' label size reads best).
+
+    Returns:
+      uint8 [3 * line height + padding, width, 3].
+    """
+    font = _font(font_size)
+    line_width = max(2, round(font_size / 8))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_height = _text_box_size(probe, "Pp*", font, 2)[1] + 2 * line_width
+    out = Image.new("RGB", (width, 3 * line_height + 2 * line_width), LEGEND_BACKGROUND)
+    draw = ImageDraw.Draw(out)
+    sample = color(0)
+    lines = [
+        (PSEUDO_BADGE, PSEUDO_COLOR, None, "pseudo-labeled image"),
+        (PASTED_TAG, sample, PASTED_OUTLINE, "pasted from a labeled image"),
+        (PASTED_PSEUDO_TAG, sample, PSEUDO_COLOR, "pasted from a pseudo-labeled image"),
+    ]
+    for k, (tag, fill, dash, text) in enumerate(lines):
+        y = line_width + k * line_height
+        x = 2 * line_width
+        box_h = line_height - 2 * line_width
+        swatch = (x, y + line_width, x + 2 * box_h, y + box_h)
+        if dash is None:
+            draw.rectangle(swatch, outline=PSEUDO_COLOR, width=line_width)
+        else:
+            _dashed_rectangle(draw, swatch, dash, sample, 1.5 * line_width, line_width)
+        x = swatch[2] + 3 * line_width
+        x = _text_box(draw, tag, (x, y), fill, font)[2] + 3 * line_width
+        left, top = draw.textbbox((0, 0), text, font=font)[:2]
+        draw.text((x - left, y + 2 - top), text, fill=(255, 255, 255), font=font)
+    return np.asarray(out)
 
 
 def make_grid(images: Sequence[np.ndarray], columns: int = 4, gap: int = 4) -> np.ndarray:

@@ -10,6 +10,12 @@ masks (translucent fill and outline), boxes and labels read well. Pasted objects
 dashed white/colored outline and a "P" tag; `--label_map=data/train_label_map.json` (the
 converter's) names the classes.
 
+With a self-training config (`PSEUDO_FILES` bound, e.g. gin_configs/self_training/
+maskrcnn_tiny_student.gin) the batch mixes labeled and pseudo-labeled images
+(`--num_images` x pseudo_fraction must be whole): a pseudo-labeled image has a violet frame
+and a "pseudo" badge, objects pasted from a pseudo-labeled image are dashed violet and tagged
+"P*" (from a labeled image: dashed white, "P"), and a legend under the grid says so.
+
   python -m tfcp.visualize --mode=predictions --saved_model=EXPORT_DIR \
       --image=a.jpg [--image=b.jpg ...] --output=predictions.png [--min_score=0.5]
 
@@ -60,6 +66,86 @@ flags.DEFINE_multi_string("image", [], "predictions mode: input image file(s).")
 flags.DEFINE_float("min_score", 0.5, "predictions mode: draw detections scoring at least this.")
 
 
+def sample_batch(
+    num_images: int, *, seed: int | None = None, scope: str = "train"
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One batch of `num_images` augmented samples of the gin-configured `scope/build_dataset`.
+
+    Built with `keep_is_pasted=True`, so labels hold `gt_is_pasted` (and, with pseudo-labeled
+    data, `gt_from_pseudo` and `is_pseudo`).
+
+    Args:
+      num_images: the batch size (with pseudo-labeled data, pseudo_fraction x num_images
+        must be a whole number).
+      seed: overrides the configured seed when not None.
+      scope: the gin scope of the pipeline.
+
+    Returns:
+      (images float32 [B, S, S, 3] normalized, the labels to draw as numpy arrays: the
+      `gt_*` keys and `is_pseudo`; the model's anchor and RPN targets are left out).
+    """
+    kwargs = dict(global_batch_size=num_images, keep_is_pasted=True)
+    if seed is not None:
+        kwargs["seed"] = seed
+    with gin.config_scope(scope):
+        dataset = pipeline.build_dataset(**kwargs)
+    images, labels = next(iter(dataset))
+    drawn = {k: v.numpy() for k, v in labels.items() if k.startswith("gt_") or k == "is_pseudo"}
+    return images.numpy(), drawn
+
+
+def draw_batch(
+    images: np.ndarray,
+    labels: dict[str, np.ndarray],
+    *,
+    class_names=None,
+    tile_size: int = draw.DEFAULT_TILE_SIZE,
+) -> list[np.ndarray]:
+    """Draws a training batch: masks, boxes, class labels and the pasted/pseudo marks.
+
+    Args:
+      images: float32 [B, S, S, 3], normalized as the model's input.
+      labels: the pipeline's labels as numpy: `gt_classes` int [B, K] (-1 = padding),
+        `gt_boxes` float [B, K, 4] pixels, optional `gt_masks` [B, K, M, M] box crops,
+        `gt_is_pasted` bool [B, K] (dashed box, "P" tag), `gt_from_pseudo` bool [B, K]
+        (pasted from a pseudo-labeled image: violet dashes, "P*"), `is_pseudo` bool [B]
+        (pseudo-labeled image: violet frame and "pseudo" badge).
+      class_names: optional names for the labels.
+      tile_size: the images are scaled to this size before drawing (0: their own size).
+
+    Returns:
+      B uint8 [T, T, 3] tiles (T = tile_size, or S).
+    """
+    tiles = []
+    for i in range(len(images)):
+        image = draw.unnormalize_image(images[i])
+        classes = labels["gt_classes"][i]
+        valid = classes >= 0
+        boxes = labels["gt_boxes"][i][valid]
+        masks = None
+        if "gt_masks" in labels:
+            crops = labels["gt_masks"][i][valid]
+            masks = draw.paste_crop_masks(crops, boxes, image.shape[0], image.shape[1])
+        per_object = {
+            flag: labels[key][i][valid]
+            for flag, key in (("is_pasted", "gt_is_pasted"), ("from_pseudo", "gt_from_pseudo"))
+            if key in labels
+        }
+        tiles.append(
+            draw.render(
+                image,
+                boxes,
+                classes[valid],
+                masks,
+                size=tile_size or max(image.shape[:2]),
+                is_pseudo=bool(labels["is_pseudo"][i]) if "is_pseudo" in labels else False,
+                class_names=class_names,
+                **per_object,
+            )
+        )
+    return tiles
+
+
 def sample_tiles(
     num_images: int,
     *,
@@ -70,46 +156,11 @@ def sample_tiles(
 ) -> list[np.ndarray]:
     """Draws `num_images` augmented samples of the gin-configured `scope/build_dataset`.
 
-    Args:
-      num_images: how many samples (one batch of this size).
-      seed: overrides the configured seed when not None.
-      class_names: optional names for the labels.
-      scope: the gin scope of the pipeline.
-      tile_size: the samples (IMAGE_SIZE squares) are scaled to this size before drawing,
-        so masks, outlines and labels are drawn at display resolution (0: IMAGE_SIZE).
-
-    Returns:
-      uint8 [T, T, 3] images with masks, boxes and class labels drawn (T = tile_size).
+    `sample_batch` then `draw_batch`: uint8 [T, T, 3] images with masks, boxes and class
+    labels drawn (T = tile_size, 0: IMAGE_SIZE).
     """
-    kwargs = dict(global_batch_size=num_images, keep_is_pasted=True)
-    if seed is not None:
-        kwargs["seed"] = seed
-    with gin.config_scope(scope):
-        dataset = pipeline.build_dataset(**kwargs)
-    images, labels = next(iter(dataset))
-    tiles = []
-    for i in range(num_images):
-        image = draw.unnormalize_image(images[i].numpy())
-        classes = labels["gt_classes"][i].numpy()
-        valid = classes >= 0
-        boxes = labels["gt_boxes"][i].numpy()[valid]
-        masks = None
-        if "gt_masks" in labels:
-            crops = labels["gt_masks"][i].numpy()[valid]
-            masks = draw.paste_crop_masks(crops, boxes, image.shape[0], image.shape[1])
-        is_pasted = labels["gt_is_pasted"][i].numpy()[valid] if "gt_is_pasted" in labels else None
-        tiles.append(
-            draw.render(
-                image,
-                boxes,
-                classes[valid],
-                masks,
-                size=tile_size or max(image.shape[:2]),
-                is_pasted=is_pasted,
-                class_names=class_names,
-            )
-        )
-    return tiles
+    images, labels = sample_batch(num_images, seed=seed, scope=scope)
+    return draw_batch(images, labels, class_names=class_names, tile_size=tile_size)
 
 
 def load_class_names(flags_) -> dict[int, str] | list[str] | None:
@@ -123,14 +174,18 @@ def load_class_names(flags_) -> dict[int, str] | list[str] | None:
 
 
 def augmented_grid(flags_) -> np.ndarray:
-    """The `augmented` mode: a grid of training samples."""
-    tiles = sample_tiles(
-        flags_.num_images,
-        seed=flags_.seed,
-        class_names=load_class_names(flags_),
-        tile_size=flags_.tile_size,
+    """The `augmented` mode: a grid of training samples (a self-training batch: with a legend)."""
+    images, labels = sample_batch(flags_.num_images, seed=flags_.seed)
+    tiles = draw_batch(
+        images, labels, class_names=load_class_names(flags_), tile_size=flags_.tile_size
     )
-    return draw.make_grid(tiles, columns=flags_.columns)
+    grid = draw.make_grid(tiles, columns=flags_.columns)
+    if "is_pseudo" not in labels:
+        return grid
+    font_size = max(10, round(tiles[0].shape[0] / 24))  # the tiles' label size
+    legend = draw.mixed_batch_legend(grid.shape[1], font_size=font_size)
+    gap = np.full([4, grid.shape[1], 3], 255, np.uint8)
+    return np.concatenate([grid, gap, legend], axis=0)
 
 
 def predictions_grid(flags_) -> np.ndarray:
