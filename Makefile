@@ -7,7 +7,7 @@ DEMO_DIR ?= demo_out
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo self-training-demo bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: lint
 
 demo: $(STAMP)
 	bash scripts/demo.sh $(DEMO_DIR)
+
+self-training-demo: $(STAMP)
+	bash scripts/self_training_demo.sh self_training_out
 
 bench: $(STAMP)
 	$(PY) benchmarks/copy_paste_op.py

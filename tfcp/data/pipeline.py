@@ -24,9 +24,16 @@ from collections.abc import Sequence
 
 import gin
 import tensorflow as tf
-from official.vision.ops import preprocess_ops
 
-from tfcp.data import decoder, mixed_sources, record_policy, records, service, targets
+from tfcp.data import (
+    decoder,
+    eval_pipeline,
+    mixed_sources,
+    record_policy,
+    records,
+    service,
+    targets,
+)
 from tfcp.ops import copy_paste as copy_paste_lib
 from tfcp.ops import scale_jitter
 
@@ -225,7 +232,7 @@ def build_dataset(
         **open_args,
     )
     if not is_training:
-        return _eval_dataset(
+        return eval_pipeline.eval_dataset(
             dataset,
             image_size=image_size,
             batch_size=batch_size,
@@ -403,54 +410,4 @@ def build_dataset(
             processing_mode=data_service_processing_mode,
             job_name=service.job_name(data_service_job_name, pipeline_id, start_step),
         )
-    return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def _eval_dataset(
-    dataset,
-    *,
-    image_size,
-    batch_size,
-    pad_value,
-    anchor_config,
-    max_num_instances,
-    numeric_source_id,
-    include_difficult,
-    num_parallel_calls,
-):
-    """Eval: deterministic resize, Model Garden eval labels, every image kept."""
-
-    @_no_autograph
-    def parse(serialized):
-        decoded = decoder.decode(serialized, include_mask=False)
-        if include_difficult:
-            num = tf.shape(decoded["groundtruth_classes"])[0]
-            check = tf.debugging.Assert(
-                num <= max_num_instances,
-                ["eval: image", decoded["source_id"], "has", num, "objects > max_num_instances"],
-            )
-            with tf.control_dependencies([check]):
-                decoded["image"] = tf.identity(decoded["image"])
-        resized = scale_jitter.resize_for_eval(
-            {"image": decoded["image"], "groundtruth_boxes": decoded["groundtruth_boxes"]},
-            output_size=image_size,
-            pad_value=pad_value,
-        )
-        image, labels = targets.maskrcnn_eval_targets(
-            decoded,
-            resized["image"],
-            resized["image_info"],
-            image_size=image_size,
-            anchor_config=anchor_config,
-            max_num_instances=max_num_instances,
-            numeric_source_id=numeric_source_id,
-        )
-        if include_difficult:
-            labels["groundtruths"]["difficult"] = preprocess_ops.clip_or_pad_to_fixed_size(
-                tf.cast(decoded["groundtruth_difficult"], tf.int32), max_num_instances, 0
-            )
-        return image, labels
-
-    dataset = dataset.map(parse, num_parallel_calls=num_parallel_calls, deterministic=True)
-    dataset = dataset.batch(batch_size, drop_remainder=False)
     return dataset.prefetch(tf.data.AUTOTUNE)

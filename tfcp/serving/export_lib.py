@@ -44,7 +44,7 @@ def eval_preprocess(
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """The eval preprocessing of `tfcp.data.pipeline` for one image.
 
-    Exactly the pipeline's eval path (`pipeline._eval_dataset` +
+    Exactly the pipeline's eval path (`eval_pipeline.eval_dataset` +
     `targets.maskrcnn_eval_targets`): `scale_jitter.resize_for_eval` (resize to fit,
     pad bottom/right with `pad_value`) then Model Garden's `preprocess_ops.normalize_image`
     (MEAN_NORM / STDDEV_NORM).
