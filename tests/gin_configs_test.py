@@ -40,6 +40,7 @@ DUMMY_MACROS = {
     "TRAIN_STEPS": "2",
     "INIT_CHECKPOINT": "None",
     "TRAIN_ANNOTATIONS": "'/nonexistent/instances_train.json'",  # LVIS stage 2 (not read)
+    "PSEUDO_FILES": "'/nonexistent/pseudo-*.tfrecord'",  # self_training/ students
 }
 # Fields that change no layer's structure beyond the number of classes: configs that differ
 # only there (COCO vs LVIS: 91 vs 1204 classes, 100 vs 300 detections) share one build.

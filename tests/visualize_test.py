@@ -19,11 +19,12 @@ from tfcp.data import pipeline, schema
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_GIN = sorted(glob.glob(os.path.join(REPO, "gin_configs", "data", "*.gin")))
 LSJ_CP = os.path.join(REPO, "gin_configs", "data", "lsj_copy_paste.gin")
+STUDENT = os.path.join(REPO, "gin_configs", "self_training", "maskrcnn_tiny_student.gin")
 SIZE = 64
 
 
-def _write_records(path: str, num: int = 4) -> None:
-    rng = np.random.default_rng(0)
+def _write_records(path: str, num: int = 4, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
     with tf.io.TFRecordWriter(path) as writer:
         for i in range(num):
             image = rng.integers(0, 255, [48, 56, 3], dtype=np.uint8)
@@ -62,6 +63,11 @@ def _mixed_batch():
         "is_pseudo": np.array([False, True]),
     }
     return images.astype(np.float32), labels
+
+
+def _framed(tile: np.ndarray) -> bool:
+    """Whether a 384 px tile has the pseudo-labeled image's violet frame (4 px)."""
+    return bool((tile[:4, 150:250] == draw.PSEUDO_COLOR).all())
 
 
 def _parse(gin_files, bindings):
@@ -206,6 +212,60 @@ class VisualizeTest(tf.test.TestCase):
         self.assertEqual(mixed.shape, (384 + 4 + legend.shape[0], 2 * 384 + 4, 3))
         self.assertAllEqual(mixed[-legend.shape[0] :], legend)
         self.assertFalse((plain == draw.PSEUDO_COLOR).all(-1).any())
+
+    def _student_bindings(self, paste_from="labeled"):
+        """The tiny student config on two generated record sets (4 images each): every
+        image has 2 objects; all of a source's objects are pasted, no jitter."""
+        pseudo = os.path.join(self._tmp.name, "pseudo.tfrecord")
+        _write_records(pseudo, seed=1)
+        return [b for b in self.bindings if not b.startswith("EVAL_FILES")] + [
+            f"PSEUDO_FILES = '{pseudo}'",
+            "NUM_CLASSES = 3",
+            "train/build_dataset.selection = 'all'",
+            "train/build_dataset.main_scale_range = (1.0, 1.0)",
+            "train/build_dataset.paste_scale_range = (1.0, 1.0)",
+            f"train/build_dataset.paste_from = '{paste_from}'",
+        ]
+
+    def test_mixed_batch_of_the_tiny_student_marks_its_pseudo_labeled_images(self):
+        """Batch of 4 = 2 labeled + 2 pseudo-labeled; objects pasted from labeled images."""
+        _parse([STUDENT], self._student_bindings())
+        images, labels = visualize.sample_batch(4)
+        is_pseudo = labels["is_pseudo"]
+        self.assertEqual(sorted(is_pseudo.tolist()), [False, False, True, True])
+        valid = labels["gt_classes"] >= 0
+        pasted, from_pseudo = labels["gt_is_pasted"], labels["gt_from_pseudo"]
+        self.assertTrue(pasted[valid].any())
+        self.assertFalse(from_pseudo[pasted & valid].any())  # paste_from='labeled'
+        own = valid & ~pasted
+        self.assertAllEqual(from_pseudo[own], np.broadcast_to(is_pseudo[:, None], own.shape)[own])
+        tiles = visualize.draw_batch(images, labels, tile_size=384)
+        self.assertEqual([_framed(t) for t in tiles], is_pseudo.tolist())
+        for tile, pseudo in zip(tiles, is_pseudo, strict=True):
+            if not pseudo:  # no frame, no badge, nothing pasted from a pseudo image
+                self.assertFalse((tile == draw.PSEUDO_COLOR).all(-1).any())
+
+    def test_main_draws_a_mixed_batch_with_objects_pasted_from_pseudo_images(self):
+        output = os.path.join(self._tmp.name, "mixed.png")
+        flags.FLAGS.mark_as_parsed()
+        bindings = self._student_bindings(paste_from="pseudo")
+        with flagsaver.flagsaver(
+            gin_file=[STUDENT], gin_bindings=bindings, output=output, num_images=4, columns=4
+        ):
+            visualize.main([])
+        grid = np.asarray(Image.open(output))
+        tile, width = draw.DEFAULT_TILE_SIZE, 4 * draw.DEFAULT_TILE_SIZE + 3 * 4
+        legend = draw.mixed_batch_legend(width, font_size=16)
+        self.assertEqual(grid.shape, (tile + 4 + legend.shape[0], width, 3))
+        self.assertAllEqual(grid[-legend.shape[0] :], legend)
+        tiles = [grid[:tile, c * (tile + 4) : c * (tile + 4) + tile] for c in range(4)]
+        framed = [_framed(t) for t in tiles]
+        self.assertEqual(sum(framed), 2)
+        for t in (t for t, f in zip(tiles, framed, strict=True) if not f):
+            # A labeled image: violet only on the dashed boxes of objects pasted from a
+            # pseudo-labeled image (all of a pseudo image's 2 objects are pasted).
+            self.assertFalse(_framed(t))
+            self.assertGreater((t == draw.PSEUDO_COLOR).all(-1).sum(), 100)
 
     def test_unknown_mode_is_a_usage_error(self):
         flags.FLAGS.mark_as_parsed()
