@@ -17,13 +17,14 @@ import subprocess
 import sys
 import tempfile
 
+import cli_utils
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 from pycocotools import coco as coco_api
 
 from tfcp import pseudo_label
-from tfcp.data import decoder, schema
+from tfcp.data import decoder, schema, synthetic
 from tfcp.data.converters import coco as coco_converter
 from tfcp.self_training import coco_labels, partial_file
 from tfcp.self_training import pseudo_label as pseudo_label_lib
@@ -248,6 +249,51 @@ class PseudoLabelTest(tf.test.TestCase):
         self.assertAllEqual(
             example["groundtruth_instance_masks"][1], _rectangle(DETECTIONS[4][0], 64, 128)
         )
+
+    def test_a_student_trains_on_labeled_data_and_these_pseudo_labels(self):
+        """Step 3 of the recipe: 2 steps of `python -m tfcp.train` with PSEUDO_FILES."""
+        progress = io.StringIO()
+        pseudo = coco_converter.convert_coco(
+            self.image_dir,
+            self.reference_path,
+            os.path.join(self.tmp, "student", "pseudo"),
+            num_shards=1,
+            num_workers=0,
+            progress_stream=progress,
+        )
+        labeled_dir = os.path.join(self.tmp, "student", "labeled")
+        paths = synthetic.write_coco(labeled_dir, num_train=4, num_val=0, image_size=S)
+        labeled = coco_converter.convert_coco(
+            paths["train_images"],
+            paths["train_annotations"],
+            os.path.join(self.tmp, "student", "train"),
+            num_shards=1,
+            num_workers=0,
+            progress_stream=progress,
+        )
+        model_dir = os.path.join(self.tmp, "student", "model")
+        result = cli_utils.run_train(
+            model_dir,
+            ["self_training/maskrcnn_tiny_student.gin"],
+            [
+                f"TRAIN_FILES='{labeled.shard_paths[0]}'",
+                f"PSEUDO_FILES='{pseudo.shard_paths[0]}'",
+                "EVAL_FILES='unused-*'",
+                f"EVAL_ANNOTATIONS='{paths['train_annotations']}'",
+                "NUM_CLASSES=91",
+                "TRAIN_STEPS=2",
+            ],
+            timeout=400,
+        )
+        self.assertEqual(result.returncode, 0, msg=result.stderr[-3000:])
+        self.assertIn(
+            "two training sources: 2 labeled + 2 pseudo-labeled images per replica batch; "
+            "Copy-Paste from labeled into both",
+            result.stderr,
+        )
+        self.assertTrue(tf.train.latest_checkpoint(model_dir).endswith("ckpt-2"))
+        with open(os.path.join(model_dir, "config.gin")) as f:
+            self.assertIn(pseudo.shard_paths[0], f.read())
 
     def test_cli(self):
         output = os.path.join(self.tmp, "cli", "pseudo.json")

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import gin
 import tensorflow as tf
+from absl import logging
 
 from tfcp.data import (
     decoder,
@@ -213,6 +214,13 @@ def build_dataset(
         num_labeled, num_pseudo = mixed_sources.split_batch(batch_size, pseudo_fraction)
         if paste:
             mixed_sources.check_paste(paste_into, paste_from, num_labeled, num_pseudo)
+        logging.info(
+            "two training sources: %d labeled + %d pseudo-labeled images per replica batch; "
+            "Copy-Paste %s",
+            num_labeled,
+            num_pseudo,
+            f"from {paste_from} into {paste_into}" if paste else "off",
+        )
     replicas = global_batch_size // batch_size
     open_args = dict(
         is_training=is_training,
