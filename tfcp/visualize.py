@@ -48,7 +48,11 @@ flags.DEFINE_multi_string("gin_file", [], "Gin config files.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. \"TRAIN_FILES='x-*'\".")
 flags.DEFINE_string("output", "grid.png", "Output PNG path.")
 flags.DEFINE_string("mode", "augmented", "What to draw (see MODES).")
-flags.DEFINE_integer("num_images", 8, "Number of samples.")
+flags.DEFINE_integer(
+    "num_images",
+    8,
+    "Number of samples (one batch; self-training: x pseudo_fraction must be whole).",
+)
 flags.DEFINE_integer("columns", 4, "Images per grid row.")
 flags.DEFINE_integer(
     "tile_size",
