@@ -171,6 +171,26 @@ def test_train_epochs_alone_sets_train_steps_logs_it_and_config_records_it(
     assert "\nTRAIN_STEPS = 7\n" in gin.operative_config_str()
 
 
+def test_train_epochs_of_a_two_source_student_count_passes_over_the_labeled_files(
+    records, caplog, absl_info
+):
+    caplog.set_level(logging.INFO)
+    files = f"TRAIN_FILES='{records}/train-*'"
+    student = "self_training/maskrcnn_tiny_student.gin"  # batch 4 = 2 labeled + 2 pseudo
+    pseudo = "PSEUDO_FILES='/pseudo/p-*'"
+    gin_utils.parse_gin([student], [*DATA, files, pseudo, "TRAIN_EPOCHS=1"])
+    assert gin.query_parameter("%TRAIN_STEPS") == 7  # ceil(13 / 2 labeled per step)
+    assert "(2 labeled per step, pseudo_fraction=0.5) -> TRAIN_STEPS=7" in caplog.text
+    gin.clear_config()
+    quarter = "train/build_dataset.pseudo_fraction = 0.25"  # 3 labeled + 1 pseudo
+    gin_utils.parse_gin([student], [*DATA, files, pseudo, quarter, "TRAIN_EPOCHS=1"])
+    assert gin.query_parameter("%TRAIN_STEPS") == 5  # ceil(13 / 3)
+    gin.clear_config()
+    one_source = "train/build_dataset.pseudo_file_pattern = None"
+    gin_utils.parse_gin([student], [*DATA, files, pseudo, one_source, "TRAIN_EPOCHS=1"])
+    assert gin.query_parameter("%TRAIN_STEPS") == 4  # ceil(13 / 4)
+
+
 def test_later_source_wins_and_one_source_binding_both_is_an_error(records, tmp_path):
     files = f"TRAIN_FILES='{records}/train-*'"
     steps_file = tmp_path / "steps.gin"

@@ -328,15 +328,38 @@ def _apply_train_epochs(choice: _Statement, sources, gin_files) -> int:
     from tfcp import schedule  # noqa: PLC0415 - TensorFlow, only when needed
 
     epochs, batch = _macro_value(TRAIN_EPOCHS), _macro_value("GLOBAL_BATCH_SIZE")
+    per_step, how = batch, ""
+    fraction = _pseudo_fraction()
+    if fraction is not None and isinstance(batch, int):
+        # Two sources: an epoch is a pass over TRAIN_FILES (the labeled share of a batch).
+        per_step = batch - round(batch * fraction)
+        how = f" ({per_step} labeled per step, pseudo_fraction={fraction:g})"
     try:
         count = schedule.count_training_records(_macro_value("TRAIN_FILES"))
-        steps = schedule.epochs_to_steps(epochs, count.num_records, batch)
+        steps = schedule.epochs_to_steps(epochs, count.num_records, per_step)
     except ValueError as e:
         raise GinConfigError(f"{TRAIN_EPOCHS}={epochs!r}: {e}") from e
     gin.bind_parameter((TRAIN_STEPS, "gin.macro", "value"), steps)
-    message = "TRAIN_EPOCHS=%s: %s, GLOBAL_BATCH_SIZE=%s -> TRAIN_STEPS=%d"
-    logging.info(message, epochs, count.describe(), batch, steps)
+    message = "TRAIN_EPOCHS=%s: %s, GLOBAL_BATCH_SIZE=%s%s -> TRAIN_STEPS=%d"
+    logging.info(message, epochs, count.describe(), batch, how, steps)
     return steps
+
+
+def _resolved(value: Any) -> Any:
+    """A bound value with macro references (`%NAME`, also chained) replaced by their values."""
+    while isinstance(value, gin.config.ConfigurableReference) and value.config_key[1] == (
+        "gin.macro"
+    ):
+        value = gin.config._CONFIG.get(value.config_key, {}).get("value")
+    return value
+
+
+def _pseudo_fraction() -> float | None:
+    """The pseudo-labeled share of a training batch, or None when training on one source."""
+    params = gin.config._CONFIG.get(("train", "tfcp.data.pipeline.build_dataset"), {})
+    if not _resolved(params.get("pseudo_file_pattern")):
+        return None
+    return float(_resolved(params.get("pseudo_fraction", 0.5)))
 
 
 # ------------------------------------------------------------------------- parse_gin
