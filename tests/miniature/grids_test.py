@@ -26,7 +26,11 @@ def test_select_and_runs_of():
     assert [r.seed for r in runs] == [0] * 6 + [1] * 6  # seed-major
     assert runs[0].run_id == "ssj-f010-s0-n50"
     schedule = grids.runs_of(grids.GRIDS["schedule"], seeds=1, steps=50)
-    assert [r.run_id for r in schedule] == ["ssj-f100-s0-n150", "lsj_cp-f100-s0-n150"]
+    assert [r.run_id for r in schedule] == [
+        "ssj-f100-s0-n150",
+        "lsj-f100-s0-n150",
+        "lsj_cp-f100-s0-n150",
+    ]
     # Table 11's (LSJ, LSJ) is fig1's LSJ + Copy-Paste on 100 %: the same run.
     t11 = grids.runs_of(grids.GRIDS["table11"], seeds=1, steps=50)
     assert "lsj_cp-f100-s0-n50" in {r.run_id for r in runs} & {r.run_id for r in t11}

@@ -57,3 +57,17 @@ def test_summary_files(tmp_path):
     with Image.open(path) as image:
         assert image.format == "PNG" and image.width >= 1000
     assert os.path.getsize(path) > 10_000
+
+
+def test_wall_time_counts_the_runs_of_a_longer_schedule_grid():
+    """The schedule grid's runs train 3x the regime's steps: their times, not the 1x runs'."""
+    rows = {}
+    for steps, seconds in ((5, 100.0), (15, 900.0)):  # 1x and 3x runs of the same arms
+        for arm in ("ssj", "lsj_cp"):
+            spec = grids.RunSpec(grids.ARMS[arm], 1.0, 0, steps)
+            rows[spec.run_id] = {
+                "run_id": spec.run_id, "box_AP": 0.3, "mask_AP": 0.3,
+                "train_images": 40, "wall_time_s": seconds,
+            }  # fmt: skip
+    text = report.summary_markdown(grids.select("schedule"), rows, 1, 5, header="# H")
+    assert "wall time of these runs: 0.50 h" in text  # 2 x 900 s, not 2 x 100 s

@@ -168,10 +168,10 @@ GRIDS: dict[str, Grid] = {
         ),
         Grid(
             "schedule",
-            "Schedule length: SSJ vs LSJ + Copy-Paste trained 3x longer (100 % of the train set)",
-            (("SSJ", "ssj"), ("LSJ + Copy-Paste", "lsj_cp")),
+            "Schedule length: Figure 1's arms trained 3x longer (100 % of the train set)",
+            (("SSJ", "ssj"), ("LSJ", "lsj"), ("LSJ + Copy-Paste", "lsj_cp")),
             (1.0,),
-            (("LSJ + Copy-Paste", "SSJ"),),
+            (("LSJ", "SSJ"), ("LSJ + Copy-Paste", "SSJ"), ("LSJ + Copy-Paste", "LSJ")),
             "Strong augmentation needs long schedules: as training gets longer SSJ stops "
             "improving and overfits while LSJ + Copy-Paste keeps gaining (paper Fig. 4).",
             steps_factor=3,

@@ -103,7 +103,10 @@ def summary_markdown(grids: Sequence[Grid], rows: dict, seeds: int, steps: int, 
         for grid in grids
         for fraction in grid.fractions
         for label, _ in grid.arms
-        for spec_id in (RunSpec(grid.arm(label), fraction, s, steps).run_id for s in range(seeds))
+        for spec_id in (
+            RunSpec(grid.arm(label), fraction, s, steps * grid.steps_factor).run_id
+            for s in range(seeds)
+        )
         if spec_id in rows
     }
     hours = sum(rows[i]["wall_time_s"] for i in used) / 3600.0
