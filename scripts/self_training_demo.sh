@@ -5,8 +5,10 @@
 #      from training and only used to grade the pseudo labels);
 #   3. train a student on batches of 2 labeled + 2 pseudo-labeled images, pasting labeled
 #      objects into both, and evaluate teacher and student on the same val set;
-#   4. the control: the teacher's recipe with the student's batch size (4 labeled images),
-#      so that a student gain is not just a bigger batch.
+#   4. the control: the student's batch (4), learning rate and steps with labeled images
+#      only, so that student vs control isolates what the pseudo-labeled half brings.
+# Teacher vs student is the paper's comparison: the same labeled images per step and the same
+# learning rate, plus as many pseudo-labeled images.
 # Usage: bash scripts/self_training_demo.sh OUT_DIR   (make self-training-demo)
 # STEPS (default 1500) is each model's number of training steps: the student sees the
 # labeled images as often as the teacher did, plus as many pseudo-labeled ones.
@@ -80,9 +82,10 @@ $PY -m tfcp.train --gin_file=self_training/maskrcnn_tiny_student.gin "${BINDINGS
   --gin_bindings="PSEUDO_FILES='$OUT/pseudo/pseudo-*'" \
   --model_dir "$OUT/student" --mode train_and_eval
 
-stamp "8/8 control: labeled data only, the student's batch (4) and steps, LSJ + Copy-Paste"
+stamp "8/8 control: labeled images only, the student's batch (4), learning rate and steps"
 $PY -m tfcp.train --gin_file=demo/maskrcnn_tiny_copy_paste.gin "${BINDINGS[@]}" \
-  --gin_bindings="GLOBAL_BATCH_SIZE=4" --model_dir "$OUT/control" --mode train_and_eval
+  --gin_bindings="GLOBAL_BATCH_SIZE=4" --gin_bindings="tfcp.build_learning_rate.base_batch_size=4" \
+  --model_dir "$OUT/control" --mode train_and_eval
 
 stamp "done; on the same $OUT/labeled val set:"
 $PY - "$OUT/teacher/metrics.json" "$OUT/student/metrics.json" "$OUT/control/metrics.json" <<'EOF'
