@@ -194,3 +194,20 @@ def test_gin_file_takes_train_epochs_instead_of_train_steps(path, dummy_macros_f
     _parse(dummy_macros_file, path, bindings)
     batch = gin.query_parameter("%GLOBAL_BATCH_SIZE")
     assert gin.query_parameter("%TRAIN_STEPS") == -(-3 * 10 // batch), path
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "demo/maskrcnn_tiny_copy_paste.gin",
+        "miniature/lsj_copy_paste.gin",
+        "self_training/maskrcnn_tiny_student.gin",
+        "lvis/maskrcnn_tiny_rfs_copy_paste.gin",
+    ],
+)
+def test_tiny_copy_paste_configs_scale_the_occlusion_threshold(path, dummy_macros_file):
+    """At 128 px the paper's 300 px (of a 1024 px image) must be scaled, not 1.8 % of it."""
+    _parse(dummy_macros_file, path)
+    assert gin.query_parameter("%IMAGE_SIZE") == 128
+    assert gin.query_parameter("train/build_dataset.occluded_area_threshold") == 300.0
+    assert gin.query_parameter("train/build_dataset.occlusion_reference_size") == 1024

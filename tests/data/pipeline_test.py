@@ -148,6 +148,32 @@ class PipelineTest(tf.test.TestCase):
         self.assertTrue(is_pasted.any())
         self.assertTrue((classes[is_pasted] >= 1).all())  # pasted slots are real objects
 
+    def test_occlusion_thresholds_scale_from_the_reference_size(self):
+        # 64 px output, reference 256 px: area x 1/16, box x 1/4.
+        scaled = self._batches(
+            2,
+            keep_is_pasted=True,
+            occluded_area_threshold=64.0,
+            occluded_box_threshold=8.0,
+            occlusion_reference_size=256,
+        )
+        explicit = self._batches(
+            2, keep_is_pasted=True, occluded_area_threshold=4.0, occluded_box_threshold=2.0
+        )
+        for a, b in zip(scaled, explicit, strict=True):
+            tf.nest.map_structure(self.assertAllEqual, a, b)
+        # Unscaled, 64 px of a 64 px image drop partly occluded objects that 4 px keep.
+        more = dict(keep_is_pasted=True, global_batch_size=4)
+        unscaled = self._batches(6, occluded_area_threshold=64.0, **more)
+
+        def kept_own(batches):
+            return sum(
+                int(np.sum((b[1]["gt_classes"].numpy() > 0) & ~b[1]["gt_is_pasted"].numpy()))
+                for b in batches
+            )
+
+        self.assertLess(kept_own(unscaled), kept_own(self._batches(6, **more)))
+
     def test_resumed_stream_equals_the_uninterrupted_one(self):
         # Batch 3 makes every other step start in the middle of a Copy-Paste pair; 7 records
         # make steps straddle epochs. Bit-identical batches from any start step.

@@ -74,6 +74,7 @@ def build_dataset(
     blend_sigma: float = 0.0,
     occluded_area_threshold: float = 300.0,
     occluded_box_threshold: float | None = None,
+    occlusion_reference_size: int | None = None,
     paste_crowd: bool = False,
     skip_crowd_during_training: bool = True,
     max_num_instances: int = 100,
@@ -129,6 +130,10 @@ def build_dataset(
         occluded_box_threshold, paste_crowd: the arguments of
         `tfcp.ops.copy_paste.copy_paste`. The op also gets `max_num_instances`, so it never
         pastes more objects than the labels have room for.
+      occlusion_reference_size: None: the occlusion thresholds are pixels of the output
+        image. R: they are pixels of an R x R image and are scaled to the output size S
+        (area x (S/R)^2, box x S/R), e.g. R = 1024 keeps the paper's 300 px (0.03 % of a
+        1024 x 1024 image) the same share of a 128 px image (4.7 px) instead of 1.8 % of it.
       skip_crowd_during_training: drop crowd objects from the training targets (after
         Copy-Paste).
       max_num_instances: K, objects per image in the padded labels.
@@ -206,6 +211,19 @@ def build_dataset(
     )
     paste = copy_paste_prob > 0.0
     mixed = pseudo_file_pattern is not None
+    if is_training and paste and occlusion_reference_size:
+        ratio = image_size / float(occlusion_reference_size)
+        occluded_area_threshold = occluded_area_threshold * ratio**2
+        if occluded_box_threshold is not None:
+            occluded_box_threshold = occluded_box_threshold * ratio
+        logging.info(
+            "Copy-Paste occlusion thresholds scaled from %d px to %d px images: area %g px, "
+            "box %s px",
+            occlusion_reference_size,
+            image_size,
+            occluded_area_threshold,
+            occluded_box_threshold,
+        )
     if mixed and not is_training:
         raise ValueError("pseudo_file_pattern is for training; evaluate on labeled data")
     _, _, batch_size = records.pipeline_layout(input_context, global_batch_size)
