@@ -9,7 +9,7 @@ COCO box and mask AP on the same generated val set, and writes
 A stopped grid resumes when the same command is run again (see tfcp/miniature/runner.py).
 
   python benchmarks/paper_in_miniature.py --grid fig1|table10|table11|schedule|all \
-      [--seeds 3] [--quick] --output_dir D
+      [--seeds 3] [--quick] [--report_only] --output_dir D
 
 --quick: 1 seed, 40 training images, 10 steps: checks the machinery, not Copy-Paste.
 """
@@ -39,6 +39,12 @@ flags.DEFINE_string("output_dir", None, "Data, runs, results.jsonl, summary.md/p
 flags.DEFINE_integer("steps", None, "Training steps of every run (default: the regime's).")
 flags.DEFINE_integer("num_train", None, "Generated training images (default: the regime's).")
 flags.DEFINE_bool("keep_checkpoints", False, "Keep each run's checkpoints.")
+flags.DEFINE_bool(
+    "report_only",
+    False,
+    "Train nothing: write summary.md/png of the selected grids from D/results.jsonl (e.g. one "
+    "summary of several grids run by separate commands).",
+)
 flags.mark_flag_as_required("output_dir")
 
 
@@ -85,7 +91,10 @@ def main(argv) -> None:
     start = time.monotonic()
     stopped = None
     try:
-        rows = runner.run_grids(selected, FLAGS.output_dir, regime, FLAGS.keep_checkpoints)
+        if FLAGS.report_only:
+            rows = runner.load_results(FLAGS.output_dir)
+        else:
+            rows = runner.run_grids(selected, FLAGS.output_dir, regime, FLAGS.keep_checkpoints)
     except KeyboardInterrupt as e:
         stopped = str(e) or "stopped"
         rows = runner.load_results(FLAGS.output_dir)

@@ -70,3 +70,17 @@ def test_quick_grid_resumes_writes_results_summary_and_plot(tmp_path):
     assert "0 runs to do, 4 already in" in second.stdout
     with open(os.path.join(out, "results.jsonl")) as f:
         assert len(f.read().splitlines()) == 4
+
+    # --report_only: one summary of several grids from results.jsonl, nothing trained.
+    report = subprocess.run(
+        [sys.executable, SCRIPT, "--grid=table11,fig1", "--quick", "--report_only",
+         f"--output_dir={out}"],
+        env=env(), cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "runs to do" not in report.stdout
+    with open(os.path.join(out, "summary.md")) as f:
+        summary = f.read()
+    # fig1 shares its 100 % LSJ + Copy-Paste run with table11's (LSJ, LSJ).
+    assert "4 of 4 runs finished." in summary and "1 of 6 runs finished." in summary
+    assert not os.path.exists(os.path.join(out, "runs", "ssj-f010-s0-n10"))

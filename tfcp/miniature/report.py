@@ -152,7 +152,8 @@ def summary_plot(grids: Sequence[Grid], rows: dict, seeds: int, steps: int, path
             ax.set_ylabel(f"{name} (points)")
             ax.set_title(f"{grid.name}: {name}, {steps * grid.steps_factor} steps", fontsize=11)
             ax.grid(axis="y", alpha=0.3)
-            ax.legend(fontsize=8, loc="lower right")
+            if ax.get_legend_handles_labels()[0]:  # a grid with no finished run has none
+                ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(
         f"tfcp paper in miniature: mean ± std over up to {seeds} seeds, dots = seeds",
         fontsize=12,
