@@ -473,3 +473,9 @@ def test_a_record_that_training_would_reject_is_never_written(tmp_path, monkeypa
         _convert(root, _dataset(root))
     assert "refusing to write a bad record: box 0 is inverted" in str(error.value)
     assert not glob.glob(os.path.join(root, "out", "train-*"))
+
+
+def test_missing_annotations_json_is_a_one_line_error(tmp_path):
+    missing = str(tmp_path / "annotations" / "instances_missing.json")
+    with pytest.raises(ConversionError, match="instances_missing.json: no such annotations file"):
+        coco.convert_coco(str(tmp_path), missing, str(tmp_path / "out" / "train"), 1, num_workers=0)

@@ -118,6 +118,8 @@ def load_coco_json(json_path: str) -> CocoDataset:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise ConversionError(f"{json_path}: not valid JSON: {e}") from e
+    except tf.errors.NotFoundError as e:
+        raise ConversionError(f"{json_path}: no such annotations file") from e
     for key in ("images", "categories"):
         if not isinstance(data.get(key), list):
             raise ConversionError(f"{json_path}: missing or non-list top-level '{key}'")
