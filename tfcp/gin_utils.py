@@ -329,12 +329,14 @@ def _apply_train_epochs(choice: _Statement, sources, gin_files) -> int:
 
     epochs, batch = _macro_value(TRAIN_EPOCHS), _macro_value("GLOBAL_BATCH_SIZE")
     per_step, how = batch, ""
-    fraction = _pseudo_fraction()
-    if fraction is not None and isinstance(batch, int):
-        # Two sources: an epoch is a pass over TRAIN_FILES (the labeled share of a batch).
-        per_step = batch - round(batch * fraction)
-        how = f" ({per_step} labeled per step, pseudo_fraction={fraction:g})"
     try:
+        fraction = _pseudo_fraction()
+        if fraction is not None and isinstance(batch, int):
+            from tfcp.data import mixed_sources  # noqa: PLC0415 - TensorFlow, only when needed
+
+            # Two sources: an epoch is a pass over TRAIN_FILES (the labeled share of a batch).
+            per_step = mixed_sources.split_batch(batch, fraction)[0]
+            how = f" ({per_step} labeled per step, pseudo_fraction={fraction:g})"
         count = schedule.count_training_records(_macro_value("TRAIN_FILES"))
         steps = schedule.epochs_to_steps(epochs, count.num_records, per_step)
     except ValueError as e:
@@ -350,7 +352,7 @@ def _resolved(value: Any) -> Any:
     while isinstance(value, gin.config.ConfigurableReference) and value.config_key[1] == (
         "gin.macro"
     ):
-        value = gin.config._CONFIG.get(value.config_key, {}).get("value")
+        value = _macro_value(value.config_key[0])
     return value
 
 

@@ -154,7 +154,8 @@ def mix(
         the pipeline's `decode_views` makes them.
       num_labeled, num_pseudo: images of each kind per batch (`split_batch`).
       paste: whether Copy-Paste is on (False: no sources are gathered).
-      paste_into, paste_from: see the module doc.
+      paste_into, paste_from: see the module doc; validated by the caller
+        (`check_paste`, which `build_dataset` calls before opening any record).
       source_keys: the keys of a view that a paste source needs.
       num_parallel_calls: parallelism of the batch-wise map.
 
@@ -163,8 +164,6 @@ def mix(
       `(example_seed, target, source, do_paste bool [])`; rows come in batch order, each
       batch's labeled rows first, so batching by B restores the batches.
     """
-    if paste:
-        check_paste(paste_into, paste_from, num_labeled, num_pseudo)
     batches = tf.data.Dataset.zip(
         labeled.ragged_batch(num_labeled, drop_remainder=True),
         pseudo.ragged_batch(num_pseudo, drop_remainder=True),

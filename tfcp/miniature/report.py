@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tfcp.miniature.grids import Grid, RunSpec
+from tfcp.miniature.grids import Grid, RunSpec, runs_of
 
 METRICS = (("box_AP", "box AP"), ("mask_AP", "mask AP"))
 
@@ -99,15 +99,7 @@ def grid_markdown(grid: Grid, rows: dict, seeds: int, steps: int) -> str:
 def summary_markdown(grids: Sequence[Grid], rows: dict, seeds: int, steps: int, header: str) -> str:
     """The whole summary.md: header (regime, command), then one section per grid."""
     used = {
-        spec_id
-        for grid in grids
-        for fraction in grid.fractions
-        for label, _ in grid.arms
-        for spec_id in (
-            RunSpec(grid.arm(label), fraction, s, steps * grid.steps_factor).run_id
-            for s in range(seeds)
-        )
-        if spec_id in rows
+        spec.run_id for grid in grids for spec in runs_of(grid, seeds, steps) if spec.run_id in rows
     }
     hours = sum(rows[i]["wall_time_s"] for i in used) / 3600.0
     parts = [
