@@ -199,3 +199,105 @@ class ClassBalancedWeightsTest(tf.test.TestCase):
                 class_agnostic_bbox_pred=True,
                 config=losses.MaskRCNNLossConfig(class_weights=[1.0] * 3),
             )
+
+
+def _double_outputs(logits, targets, num_heads=1):
+    """Training outputs of a double-classifier model: class_outputs [B, R, 2C]."""
+    outputs = _outputs(1)
+    batch, rois = targets.shape
+    for head in range(num_heads):
+        suffix = f"_{head}" if head else ""
+        outputs.update(
+            {
+                "class_outputs" + suffix: tf.constant(logits),
+                "class_targets" + suffix: tf.constant(targets, tf.float32),
+                "box_outputs" + suffix: tf.zeros([batch, rois, 4]),
+                "box_targets" + suffix: tf.zeros([batch, rois, 4]),
+            }
+        )
+    return outputs
+
+
+class DoubleClassifierLossTest(tf.test.TestCase):
+    C = 4
+
+    def setUp(self):
+        super().setUp()
+        rng = np.random.default_rng(1)
+        self.logits = rng.normal(size=(3, 5, 2 * self.C)).astype(np.float32)
+        self.targets = np.array([[0, 1, 2, 3, 1], [3, 3, 0, 0, 2], [1, 0, 0, 2, 2]])
+
+    def _losses(self, streams, outputs=None, **kwargs):
+        labels = dict(LABELS, classifier_stream=tf.constant(streams, tf.int32))
+        return losses.maskrcnn_losses(
+            outputs or _double_outputs(self.logits, self.targets),
+            labels,
+            class_agnostic_bbox_pred=True,
+            double_classifier_heads=True,
+            **kwargs,
+        )
+
+    def test_each_head_is_normalized_over_the_rois_of_its_stream(self):
+        result = self._losses([0, 1, 0])
+        logits_a, logits_b = self.logits[..., : self.C], self.logits[..., self.C :]
+        ones = [1.0] * self.C
+        loss_a = _weighted_softmax_ce(logits_a[[0, 2]], self.targets[[0, 2]], ones)
+        loss_b = _weighted_softmax_ce(logits_b[[1]], self.targets[[1]], ones)
+        self.assertAllClose(result["frcnn_cls_loss_a"], loss_a, rtol=1e-5)
+        self.assertAllClose(result["frcnn_cls_loss_b"], loss_b, rtol=1e-5)
+        self.assertAllClose(result["frcnn_cls_loss"], loss_a + loss_b, rtol=1e-5)
+        expected = float(result["rpn_score_loss"]) + loss_a + loss_b + math.log(2.0)  # + mask
+        self.assertAllClose(result["model_loss"], expected, rtol=1e-5)
+        # Class-balanced weights have C entries and weight both heads.
+        counts = [2, 40, 900]
+        weighted = self._losses(
+            [0, 1, 0], config=losses.MaskRCNNLossConfig(class_balanced_counts=counts)
+        )
+        weights = losses.class_balanced_weights(counts, self.C)
+        self.assertAllClose(
+            weighted["frcnn_cls_loss_b"],
+            _weighted_softmax_ce(logits_b[[1]], self.targets[[1]], weights),
+            rtol=1e-5,
+        )
+
+    def test_each_head_depends_only_on_its_stream(self):
+        class_outputs = tf.constant(self.logits)
+        outputs = _double_outputs(self.logits, self.targets)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(class_outputs)
+            outputs["class_outputs"] = class_outputs
+            result = self._losses([0, 1, 0], outputs=outputs)
+        grad_a = tape.gradient(result["frcnn_cls_loss_a"], class_outputs).numpy()
+        grad_b = tape.gradient(result["frcnn_cls_loss_b"], class_outputs).numpy()
+        nonzero_a = np.abs(grad_a).sum(axis=1) > 0  # [image, logit]
+        nonzero_b = np.abs(grad_b).sum(axis=1) > 0
+        head_a = np.arange(2 * self.C) < self.C
+        self.assertAllEqual(nonzero_a, np.array([1, 0, 1], bool)[:, None] & head_a[None])
+        self.assertAllEqual(nonzero_b, np.array([0, 1, 0], bool)[:, None] & ~head_a[None])
+
+    def test_a_stream_without_images_gives_zero_loss(self):
+        for streams, empty in (([0, 0, 0], "frcnn_cls_loss_b"), ([1, 1, 1], "frcnn_cls_loss_a")):
+            result = self._losses(streams)
+            self.assertEqual(float(result[empty]), 0.0)
+            self.assertTrue(all(np.isfinite(v.numpy()) for v in result.values()))
+        # Under tf.function too (the trainer's case).
+        self.assertEqual(float(tf.function(self._losses)([0, 0, 0])["frcnn_cls_loss_b"]), 0.0)
+
+    def test_cascade_heads_are_averaged_per_head(self):
+        single = self._losses([0, 1, 0])
+        outputs = _double_outputs(self.logits, self.targets, num_heads=2)
+        cascade = self._losses([0, 1, 0], outputs=outputs, num_detection_heads=2)
+        for key in ("frcnn_cls_loss_a", "frcnn_cls_loss_b", "frcnn_cls_loss"):
+            self.assertAllClose(cascade[key], single[key], rtol=1e-6)
+
+    def test_missing_or_bad_streams_fail_clearly(self):
+        outputs = _double_outputs(self.logits, self.targets)
+        with self.assertRaisesRegex(ValueError, r"needs labels\['classifier_stream'\]"):
+            losses.maskrcnn_losses(outputs, LABELS, double_classifier_heads=True)
+        with self.assertRaisesRegex(ValueError, r"must be \[B\]"):
+            self._losses([[0, 1, 0]])
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "0 or 1"):
+            self._losses([0, 2, 0])
+        odd = _double_outputs(self.logits[..., :-1], self.targets)
+        with self.assertRaisesRegex(ValueError, "even static last dimension"):
+            self._losses([0, 1, 0], outputs=odd)

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 from official.vision.dataloaders import maskrcnn_input
+from official.vision.modeling.heads import instance_heads
 
 from tfcp.modeling import factory
 from tfcp.tasks import base
@@ -99,6 +100,9 @@ class MaskRCNNTaskTest(tf.test.TestCase):
 
     def test_is_a_task(self):
         self.assertIsInstance(self.task, base.Task)
+        # The default model keeps Model Garden's single-classifier detection head.
+        self.assertFalse(factory.model_properties(self.model)["double_classifier"])
+        self.assertIs(type(self.model.detection_head[0]), instance_heads.DetectionHead)
 
     def test_training_losses_are_finite_with_expected_keys(self):
         images, labels = self.train_batch

@@ -11,6 +11,9 @@ Variants:
     top of the first one (IoU 0.5); it requires `class_agnostic_bbox_pred=True`, and
     `cascade_class_ensemble=True` averages the class scores of all heads at inference.
   * Faster R-CNN: `include_mask=False` (or `build_faster_rcnn`).
+  * Double classifier (LVIS 2020 challenge report): `double_classifier=True` makes every
+    detection head a `tfcp.modeling.double_classifier.DoubleDetectionHead` (two class heads on
+    the same box features, their softmax scores averaged at inference).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from official.vision.configs import common as common_cfg
 from official.vision.configs import decoders as decoders_cfg
 from official.vision.configs import maskrcnn as maskrcnn_cfg
 from official.vision.modeling import factory as mg_factory
+
+from tfcp.modeling import double_classifier as double_classifier_lib
 
 _BACKBONES = ("resnet", "efficientnet")
 _DECODERS = ("fpn", "nasfpn")
@@ -238,7 +243,9 @@ def maskrcnn_model_config(
 
 
 def build_from_config(
-    model_config: maskrcnn_cfg.MaskRCNN, l2_weight_decay: float = 0.0
+    model_config: maskrcnn_cfg.MaskRCNN,
+    l2_weight_decay: float = 0.0,
+    double_classifier: bool = False,
 ) -> tf_keras.Model:
     """Builds (and creates the variables of) a Model Garden `MaskRCNNModel`.
 
@@ -248,6 +255,9 @@ def build_from_config(
         `l2(l2_weight_decay / 2)` (Model Garden's `tf.nn.l2_loss` convention; it shows
         up in `model.losses`, not in the task's `total_loss`). Keep 0 (the default)
         with tfcp's trainer, which applies weight decay itself.
+      double_classifier: make every detection head a `DoubleDetectionHead`
+        (`tfcp.modeling.double_classifier`); training then needs
+        `labels['classifier_stream']`.
 
     Returns:
       The built `tf_keras.Model`, called once on symbolic inputs of the config's size.
@@ -258,6 +268,8 @@ def build_from_config(
     model = mg_factory.build_maskrcnn(
         input_specs=input_specs, model_config=model_config, l2_regularizer=l2_regularizer
     )
+    if double_classifier:
+        model = double_classifier_lib.with_double_heads(model)
     # Creates all variables through a warm-up call on symbolic inputs (as Model Garden).
     dummy_images = tf_keras.Input(input_size)
     dummy_image_shape = tf_keras.layers.Input([2])
@@ -270,6 +282,7 @@ def build_maskrcnn(
     num_classes: int = gin.REQUIRED,
     image_size: int | Sequence[int] = gin.REQUIRED,
     l2_weight_decay: float = 0.0,
+    double_classifier: bool = False,
     **kwargs,
 ) -> tf_keras.Model:
     """gin builder of Mask R-CNN / Cascade Mask R-CNN / Faster R-CNN.
@@ -278,6 +291,10 @@ def build_maskrcnn(
       num_classes: number of classes including background (macro NUM_CLASSES).
       image_size: int or (height, width) (macro IMAGE_SIZE).
       l2_weight_decay: see `build_from_config`.
+      double_classifier: the double classifier of the LVIS 2020 challenge report
+        (`tfcp.modeling.double_classifier`): two class heads per detection head, head a
+        trained on the images with `labels['classifier_stream'] == 0`, head b on those with
+        1; their softmax scores averaged at inference. Cascade: every stage gets one.
       **kwargs: any keyword argument of `maskrcnn_model_config` (backbone, model_id,
         decoder, min_level, max_level, num_scales, aspect_ratios, anchor_size,
         include_mask, cascade_iou_thresholds, ...). Unknown names raise TypeError.
@@ -286,7 +303,9 @@ def build_maskrcnn(
       The built `tf_keras.Model` (Model Garden `MaskRCNNModel`).
     """
     model_config = maskrcnn_model_config(num_classes, image_size, **kwargs)
-    return build_from_config(model_config, l2_weight_decay=l2_weight_decay)
+    return build_from_config(
+        model_config, l2_weight_decay=l2_weight_decay, double_classifier=double_classifier
+    )
 
 
 def build_faster_rcnn(**kwargs) -> tf_keras.Model:
@@ -300,7 +319,7 @@ def model_properties(model: tf_keras.Model) -> dict[str, object]:
 
     Returns:
       dict with `include_mask` (bool), `num_detection_heads` (int, 1 + cascade stages),
-      `class_agnostic_bbox_pred` (bool).
+      `class_agnostic_bbox_pred` (bool), `double_classifier` (bool).
     """
     config = model.get_config()
     samplers = config["roi_sampler"]
@@ -309,4 +328,5 @@ def model_properties(model: tf_keras.Model) -> dict[str, object]:
         "include_mask": config["mask_head"] is not None,
         "num_detection_heads": num_heads,
         "class_agnostic_bbox_pred": bool(config["class_agnostic_bbox_pred"]),
+        "double_classifier": double_classifier_lib.is_double(model),
     }

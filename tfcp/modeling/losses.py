@@ -14,6 +14,15 @@ K foreground classes normalized to sum to K (as Cui et al.: sum_c w_c = C). Back
 `class_balanced_background_weight` (1.0), so with equal counts every weight is 1 and the loss
 is the standard one (our choice; Model Garden multiplies each RoI's cross-entropy by the weight
 of its target class and averages over all RoIs, background included).
+
+Double classifier (`tfcp.modeling.double_classifier`, LVIS 2020 challenge report): the model's
+training `class_outputs` hold both heads' logits [B, R, 2C]; `labels['classifier_stream']`
+(int32 [B]) says which head each image trains: head a's class loss is Model Garden's
+`FastrcnnClassLoss` over the RoIs of the stream-0 images only (normalized over those RoIs),
+head b's over the RoIs of the stream-1 images; a head without images in the batch has loss 0.
+`frcnn_cls_loss` = `frcnn_cls_loss_a` + `frcnn_cls_loss_b` (each head trained by its own loss at
+full weight; with a shared trainable trunk, `frcnn_class_weight` 0.5 gives it the single-head
+scale). Box, mask and RPN losses are unchanged.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ import gin
 import tensorflow as tf
 from absl import logging
 from official.vision.losses import maskrcnn_losses as mg_losses
+
+from tfcp.modeling import double_classifier
 
 
 @gin.configurable
@@ -214,6 +225,46 @@ def _head_key(name: str, head: int) -> str:
     return f"{name}_{head}" if head else name
 
 
+def _subset_class_loss(loss_fn, logits, class_targets, images, class_weights) -> tf.Tensor:
+    """`loss_fn` over the RoIs of the images where `images` (bool [B]) holds; 0 if none does."""
+
+    def loss():
+        return loss_fn(
+            tf.boolean_mask(logits, images),
+            tf.boolean_mask(class_targets, images),
+            class_weights,
+        )
+
+    return tf.cond(tf.reduce_any(images), loss, lambda: tf.zeros([], logits.dtype))
+
+
+def classifier_streams(labels: Mapping[str, Any]) -> tf.Tensor:
+    """The double classifier's per-image stream flags, int32 [B] of 0 (head a) / 1 (head b).
+
+    Raises:
+      ValueError: `labels` has no `classifier_stream` or it is not a vector.
+      tf.errors.InvalidArgumentError: a flag other than 0 or 1.
+    """
+    if double_classifier.STREAM_KEY not in labels:
+        raise ValueError(
+            f"a double-classifier model needs labels['{double_classifier.STREAM_KEY}'] (int32 "
+            "[B]: 0 = repeat-factor stream, trains head a; 1 = class-aware stream, trains head "
+            "b); the training input pipeline does not provide it (labels: "
+            f"{sorted(labels)})"
+        )
+    streams = tf.cast(labels[double_classifier.STREAM_KEY], tf.int32)
+    if streams.shape.rank != 1:
+        raise ValueError(
+            f"labels['{double_classifier.STREAM_KEY}'] must be [B], got shape {streams.shape}"
+        )
+    tf.debugging.assert_equal(
+        tf.reduce_all((streams == 0) | (streams == 1)),
+        True,
+        message=f"labels['{double_classifier.STREAM_KEY}'] must hold 0 or 1 per image",
+    )
+    return streams
+
+
 def maskrcnn_losses(
     outputs: Mapping[str, Any],
     labels: Mapping[str, Any],
@@ -221,6 +272,7 @@ def maskrcnn_losses(
     num_detection_heads: int = 1,
     class_agnostic_bbox_pred: bool = False,
     include_mask: bool = True,
+    double_classifier_heads: bool = False,
     config: MaskRCNNLossConfig | None = None,
 ) -> dict[str, tf.Tensor]:
     """Computes the Mask R-CNN losses from training-mode model outputs.
@@ -233,16 +285,23 @@ def maskrcnn_losses(
         head i = 0 .. num_detection_heads - 1, and with masks `mask_outputs`
         [B, M, m, m], `mask_targets` [B, M, m, m], `mask_class_targets` [B, M].
       labels: the parser labels; uses `rpn_score_targets`, `rpn_box_targets` (dicts
-        level -> targets).
+        level -> targets) and, with `double_classifier_heads`, `classifier_stream` int32 [B].
       num_detection_heads: 1 + number of Cascade R-CNN stages.
       class_agnostic_bbox_pred: whether the box head regresses one box per RoI.
       include_mask: adds the mask loss (else `mask_loss` is 0).
+      double_classifier_heads: the heads are double classifiers: `class_outputs[_i]` are
+        [B, R, 2C] (module docstring).
       config: loss hyper-parameters; None = defaults.
 
     Returns:
       dict of float32 scalars: `total_loss`, `model_loss`, `rpn_score_loss`,
-      `rpn_box_loss`, `frcnn_cls_loss`, `frcnn_box_loss`, `mask_loss`. `total_loss`
-      excludes weight decay.
+      `rpn_box_loss`, `frcnn_cls_loss`, `frcnn_box_loss`, `mask_loss`, and with
+      `double_classifier_heads` also `frcnn_cls_loss_a`, `frcnn_cls_loss_b` (their sum is
+      `frcnn_cls_loss`). `total_loss` excludes weight decay.
+
+    Raises:
+      ValueError: as `classifier_streams` for a double classifier; class weights of another
+        length than the model's classes.
     """
     config = config or MaskRCNNLossConfig()
 
@@ -261,6 +320,9 @@ def maskrcnn_losses(
         config.frcnn_huber_loss_delta, class_agnostic_bbox_pred
     )
     num_classes = outputs["class_outputs"].shape[-1]
+    if double_classifier_heads:
+        streams = classifier_streams(labels)
+        num_classes //= 2
     class_weights = config.resolved_class_weights(num_classes)
     if class_weights is not None and len(class_weights) != num_classes:
         raise ValueError(
@@ -268,14 +330,23 @@ def maskrcnn_losses(
             f"{num_classes} classes (background included)"
         )
     frcnn_cls_loss = 0.0
+    cls_loss_a = cls_loss_b = 0.0
     frcnn_box_loss = 0.0
     for head in range(num_detection_heads):
         class_targets = outputs[_head_key("class_targets", head)]
-        frcnn_cls_loss += tf.reduce_mean(
-            frcnn_cls_loss_fn(
-                outputs[_head_key("class_outputs", head)], class_targets, class_weights
+        class_outputs = outputs[_head_key("class_outputs", head)]
+        if double_classifier_heads:
+            logits_a, logits_b = double_classifier.split_logits(class_outputs)
+            cls_loss_a += _subset_class_loss(
+                frcnn_cls_loss_fn, logits_a, class_targets, streams == 0, class_weights
             )
-        )
+            cls_loss_b += _subset_class_loss(
+                frcnn_cls_loss_fn, logits_b, class_targets, streams == 1, class_weights
+            )
+        else:
+            frcnn_cls_loss += tf.reduce_mean(
+                frcnn_cls_loss_fn(class_outputs, class_targets, class_weights)
+            )
         frcnn_box_loss += tf.reduce_mean(
             frcnn_box_loss_fn(
                 outputs[_head_key("box_outputs", head)],
@@ -283,7 +354,12 @@ def maskrcnn_losses(
                 outputs[_head_key("box_targets", head)],
             )
         )
-    frcnn_cls_loss /= num_detection_heads
+    if double_classifier_heads:
+        cls_loss_a /= num_detection_heads
+        cls_loss_b /= num_detection_heads
+        frcnn_cls_loss = cls_loss_a + cls_loss_b
+    else:
+        frcnn_cls_loss /= num_detection_heads
     frcnn_box_loss /= num_detection_heads
 
     if include_mask:
@@ -302,7 +378,7 @@ def maskrcnn_losses(
         + config.frcnn_box_weight * frcnn_box_loss
         + config.mask_weight * mask_loss
     )
-    return {
+    result = {
         "total_loss": config.loss_weight * model_loss,
         "model_loss": model_loss,
         "rpn_score_loss": rpn_score_loss,
@@ -311,3 +387,6 @@ def maskrcnn_losses(
         "frcnn_box_loss": frcnn_box_loss,
         "mask_loss": mask_loss,
     }
+    if double_classifier_heads:
+        result.update(frcnn_cls_loss_a=cls_loss_a, frcnn_cls_loss_b=cls_loss_b)
+    return result

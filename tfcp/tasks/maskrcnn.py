@@ -18,7 +18,7 @@ import tf_keras
 from absl import logging
 from official.vision.ops import preprocess_ops
 
-from tfcp.modeling import factory, freeze, losses, postprocess
+from tfcp.modeling import double_classifier, factory, freeze, losses, postprocess
 from tfcp.modeling import init_checkpoint as init_checkpoint_lib
 from tfcp.tasks import base
 
@@ -53,7 +53,8 @@ class MaskRCNNTask(base.Task):
             variable names to train (`tfcp.modeling.freeze.select_variables` include; its
             `exclude` is gin-configurable). Every other layer is frozen, batch norm in
             inference mode (see `tfcp.modeling.freeze`). LVIS stage 2: the final classifier,
-            (`freeze.MASKRCNN_CLASSIFIER`,) (gin_configs/lvis/stage2_common.gin).
+            (`freeze.MASKRCNN_CLASSIFIER`,) (gin_configs/lvis/stage2_common.gin); double
+            classifier retraining: both heads, (`double_classifier.DOUBLE_CLASSIFIER`,).
           evaluator: 'coco' (`tfcp.evaluation.coco.CocoEvaluator`: box_AP ... box_ARl) or
             'lvis' (`tfcp.evaluation.lvis.LvisEvaluator`, federated LVIS v1 evaluation with
             at most 300 detections per image: box_AP ... box_APr, box_APc, box_APf, box_AR ...;
@@ -113,7 +114,9 @@ class MaskRCNNTask(base.Task):
           model: the model from `build_model`.
           features: float [B, H, W, 3] normalized images.
           labels: train labels of the parser (anchor_boxes, image_info,
-            rpn_score_targets, rpn_box_targets, gt_boxes, gt_classes, gt_masks).
+            rpn_score_targets, rpn_box_targets, gt_boxes, gt_classes, gt_masks); a
+            double-classifier model (`factory.build_maskrcnn(double_classifier=True)`) also
+            needs `classifier_stream` int32 [B] (0: the image trains head a, 1: head b).
           training: must be True: the RoI sampling that produces the Fast R-CNN and
             mask targets only runs in training mode (evaluation uses `validation_step`).
 
@@ -145,6 +148,7 @@ class MaskRCNNTask(base.Task):
             num_detection_heads=props["num_detection_heads"],
             class_agnostic_bbox_pred=props["class_agnostic_bbox_pred"],
             include_mask=props["include_mask"],
+            double_classifier_heads=props["double_classifier"],
             config=self._loss_config,
         )
         if "num_truncated_instances" in labels:
@@ -219,6 +223,10 @@ class MaskRCNNTask(base.Task):
     def initialize(self, model: tf_keras.Model, init_checkpoint: str | None) -> None:
         """Restores backbone (+ decoder) or all weights; see `tfcp.modeling.init_checkpoint`.
 
+        A double-classifier model restores ('all',) from a double-classifier checkpoint, or
+        from a single-classifier one of the same architecture (e.g. the stage-1 run): head b
+        then starts as a copy of the restored classifier (`double_classifier.restore_model`).
+
         Raises:
           ValueError: also when `init_checkpoint_modules=('all',)` (fine-tuning a whole
             trained model, e.g. LVIS stage 2) gets no checkpoint.
@@ -231,8 +239,17 @@ class MaskRCNNTask(base.Task):
                 )
             return
         if self._init_modules == ("all",):
-            init_checkpoint_lib.restore_model(init_checkpoint, model)
-            logging.info("Initialized the whole model from %s", init_checkpoint)
+            if double_classifier.is_double(model):
+                kind = double_classifier.restore_model(init_checkpoint, model)
+                logging.info(
+                    "Initialized the whole double-classifier model from %s (%s-classifier "
+                    "checkpoint)",
+                    init_checkpoint,
+                    kind,
+                )
+            else:
+                init_checkpoint_lib.restore_model(init_checkpoint, model)
+                logging.info("Initialized the whole model from %s", init_checkpoint)
             return
         decoder = model.decoder if "decoder" in self._init_modules else None
         restored = init_checkpoint_lib.restore_backbone_and_decoder(
