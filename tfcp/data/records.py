@@ -4,8 +4,11 @@ Training streams are index-keyed: the record at position `p` of an input pipelin
 endless stream is a pure function of (`seed`, `p`, the files), so a resumed run starts
 reading exactly where an uninterrupted run would be, at a cost that does not depend on `p`:
 
-- epoch `e = p // N` (N = records of this input pipeline) lists the pipeline's files in a
-  random order drawn from (`seed`, `e`) and reads them one after the other;
+- epoch `e` (`p // N` for N records of this input pipeline) lists the pipeline's files in a
+  random order drawn from (`seed`, `e`) and reads them one after the other; with record
+  sampling (`EpochCopies`: repeat factors, `tfcp.data.sampling`, or class-aware sampling,
+  `tfcp.data.class_aware`) each record comes 0 or more times, a pure function of (`seed`,
+  `e`), and epoch sizes are summed on the host (no I/O) to find `e`;
 - the epoch's records are cut into windows of `shuffle_window` consecutive records and each
   window is permuted by a stateless permutation drawn from (`seed`, `e`, window index): the
   window plays the part of a shuffle buffer of the same size (and holds as many serialized
@@ -18,7 +21,7 @@ reading exactly where an uninterrupted run would be, at a cost that does not dep
 Files are sharded across input pipelines (`InputContext`) when there are at least as many
 files as pipelines; otherwise every pipeline reads every file and keeps every
 `num_pipelines`-th record of the (identically ordered) epoch stream. Either way each epoch
-gives every record to exactly one pipeline. Converters write record `i` to shard
+gives every record (copy) to exactly one pipeline. Converters write record `i` to shard
 `i % num_shards` (as Model Garden's `tfrecord_lib`), so consecutive records of a shard are
 spread over the whole data set.
 
@@ -32,11 +35,12 @@ pipeline's records, with the per-replica batch size and input pipeline id.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 _HEADER = struct.Struct("<QI")  # record length, masked CRC of the length
 _FOOTER_BYTES = 4  # masked CRC of the data
@@ -100,32 +104,44 @@ def _pipeline_files(files, num_pipelines, pipeline_id):
     return list(files), max(num_pipelines, 1), pipeline_id if num_pipelines > 1 else 0
 
 
-def _epoch_counts(base, frac, seed, epoch):
-    """Copies of each record in `epoch`: floor(r) + Bernoulli(frac(r)), int64 [N]."""
-    if frac is None:
-        return base
-    # The same int64 epoch on the host and in the graph: fold_in depends on the dtype.
-    epoch_seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(epoch, tf.int64))
-    u = tf.random.stateless_uniform(tf.shape(frac), epoch_seed, dtype=tf.float64)
-    return base + tf.cast(u < frac, tf.int64)
+class EpochCopies(NamedTuple):
+    """How many copies of each of an input pipeline's records an epoch holds.
+
+    Attributes:
+      counts: epoch (int64 [] tensor) -> int64 [n] copies of each of the pipeline's n
+        records (its files in order); core TF ops, run inside the tf.data graph.
+      totals: (first epoch, number of epochs) -> int64 [number], copies per epoch,
+        computed on the host without I/O (None when `constant` is set).
+      constant: the copies of every epoch when they do not depend on the epoch, else None.
+      least: the fewest copies an epoch can hold (None: unknown, possibly 0).
+    """
+
+    counts: Callable[[tf.Tensor], tf.Tensor]
+    totals: Callable[[int, int], np.ndarray] | None
+    constant: int | None
+    least: int | None
 
 
-def _start_epoch(start, base, frac, seed, stride, offset):
-    """(epoch, position of its first element) holding pipeline position `start`."""
+def _start_epoch(start, copies, stride, offset):
+    """(epoch, position of its first element) holding pipeline position `start`.
 
-    def size(counts):
-        total = int(np.sum(counts))
-        return max((total - offset + stride - 1) // stride, 0)
+    Epoch sizes come from `copies` (no I/O): O(1) when they are fixed, else epochs are
+    summed in blocks of up to 256.
+    """
 
-    if frac is None:  # every epoch has the same size
-        epoch_size = size(base)
+    def size(total):
+        return np.maximum((np.asarray(total, np.int64) - offset + stride - 1) // stride, 0)
+
+    if copies.constant is not None:  # every epoch has the same size
+        epoch_size = int(size(copies.constant))
         return start // epoch_size, start - start % epoch_size
-    epoch, first = 0, 0
+    epoch, first, block = 0, 0, 1
     while True:
-        epoch_size = size(_epoch_counts(base, frac, seed, epoch).numpy())
-        if start < first + epoch_size:
-            return epoch, first
-        epoch, first = epoch + 1, first + epoch_size
+        ends = first + np.cumsum(size(copies.totals(epoch, block)))
+        i = int(np.searchsorted(ends, start, side="right"))  # the first epoch ending after
+        if i < block:
+            return epoch + i, int(ends[i - 1]) if i else first
+        epoch, first, block = epoch + block, int(ends[-1]), min(2 * block, 256)
 
 
 def train_records(
@@ -137,6 +153,8 @@ def train_records(
     pipeline_id: int = 0,
     start: int = 0,
     repeat_factors: Sequence[np.ndarray] | None = None,
+    images_per_category: int | None = None,
+    record_classes: Sequence[Sequence[np.ndarray]] | None = None,
 ) -> tf.data.Dataset:
     """The endless training stream of one input pipeline, from position `start`.
 
@@ -152,6 +170,13 @@ def train_records(
         floor(r) copies of the record plus one with probability frac(r), drawn from
         (seed, epoch); copies fall in the same window. Finding the start epoch then costs
         one vectorized draw per epoch before it (no I/O).
+      images_per_category: optional class-aware sampling (`tfcp.data.class_aware`), k:
+        each epoch holds k draws per category, different images every epoch; records
+        drawn for no category are skipped. Excludes `repeat_factors`. With files sharded
+        across pipelines a pipeline's share of an epoch varies (and may be empty: the
+        stream goes on with the next epoch); else every epoch has k x categories copies.
+      record_classes: with `images_per_category`: per file, per record, the unique
+        category ids (`tfcp.data.sampling.record_classes(files)`, read when None).
 
     Returns:
       A dataset of `(position int64 [], record_name string [], serialized string [])`:
@@ -159,7 +184,8 @@ def train_records(
       augmentation with it), `record_name` is `'path:index'` (index within the file).
 
     Raises:
-      ValueError: no file, bad factors, or this pipeline gets no record (names the files).
+      ValueError: no file, bad factors or classes, both sampling modes, or this pipeline
+        gets no record (names the files).
     """
     if not files:
         raise ValueError("train_records needs at least one file")
@@ -167,50 +193,51 @@ def train_records(
     my_files, stride, offset = _pipeline_files(list(files), num_pipelines, pipeline_id)
     counts = np.array([count_records(f) for f in my_files], np.int64)
     seed_t = tf.constant([seed, 0x7EC0], tf.int64)
-    rfs_seed = tf.random.experimental.stateless_fold_in(seed_t, 0x4F5)
-    if repeat_factors is None:
-        base, frac = np.ones([int(counts.sum())], np.int64), None
+    from tfcp.data import class_aware, sampling  # noqa: PLC0415 - both import this module
+
+    if images_per_category is not None:
+        if repeat_factors is not None:
+            raise ValueError("repeat factors and class-aware sampling are mutually exclusive")
+        if record_classes is None:
+            record_classes = sampling.record_classes(files)
+        copies = class_aware.pipeline_copies(
+            files, record_classes, my_files, counts, images_per_category, seed
+        )
     else:
-        by_file = dict(zip(files, repeat_factors, strict=True))
-        factors = np.concatenate([np.asarray(by_file[f], np.float64) for f in my_files])
-        if len(factors) != counts.sum() or not np.all(factors >= 1.0):
-            raise ValueError(
-                f"repeat factors must be >= 1, one per record ({int(counts.sum())} records in "
-                f"{my_files[:4]}...), got {len(factors)}"
-            )
-        base = np.floor(factors).astype(np.int64)
-        frac = tf.constant(factors - base)
-    total = int(np.sum(base))  # the smallest epoch (every record has at least one copy)
-    if max((total - offset + stride - 1) // stride, 0) == 0:
+        rfs_seed = tf.random.experimental.stateless_fold_in(seed_t, 0x4F5)
+        copies = sampling.repeat_copies(files, repeat_factors, my_files, counts, rfs_seed)
+    if copies.least is not None and max((copies.least - offset + stride - 1) // stride, 0) == 0:
         raise ValueError(
             f"input pipeline {pipeline_id} of {num_pipelines} gets no training record from "
-            f"{len(my_files)} file(s) holding {total} record(s): {my_files[:4]}"
+            f"{len(my_files)} file(s) holding {int(counts.sum())} record(s): {my_files[:4]}"
         )
-    start_epoch, epoch_first = _start_epoch(int(start), base, frac, rfs_seed, stride, offset)
+    start_epoch, epoch_first = _start_epoch(int(start), copies, stride, offset)
     in_epoch = int(start) - epoch_first
     first_window, skip_in_window = divmod(in_epoch, window)
     file_names = tf.constant(my_files)
     file_sizes = tf.constant(counts)
     file_starts = tf.constant(np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64))
-    base_t = tf.constant(base)
 
     def epoch_records(epoch):
         first = epoch == start_epoch
         window0 = tf.where(first, tf.constant(first_window, tf.int64), 0)
         skip0 = tf.where(first, tf.constant(skip_in_window, tf.int64), 0)
         epoch_seed = tf.random.experimental.stateless_fold_in(seed_t, epoch)
-        copies = _epoch_counts(base_t, frac, rfs_seed, epoch)
+        copies_e = copies.counts(epoch)
         order = tf.argsort(tf.random.stateless_uniform([len(my_files)], epoch_seed))
         names, sizes, starts = (tf.gather(x, order) for x in (file_names, file_sizes, file_starts))
         # Copies before the first window of this epoch (a multiple of `stride`): find the
         # record they end in and how many of its copies were already produced.
         copy_skip = window0 * window * stride
         ids = tf.ragged.range(starts, starts + sizes).flat_values  # records in epoch order
-        ends = tf.cumsum(tf.gather(copies, ids))
+        ends = tf.cumsum(tf.gather(copies_e, ids))
         record = tf.reduce_sum(tf.cast(ends <= copy_skip, tf.int64))
         done = copy_skip - tf.concat([[0], ends], 0)[record]
         file_ends = tf.cumsum(sizes)
-        first_file = tf.reduce_sum(tf.cast(file_ends <= record, tf.int32))
+        # (An epoch without copies for this pipeline skips all of its last file.)
+        first_file = tf.minimum(
+            tf.reduce_sum(tf.cast(file_ends <= record, tf.int32)), len(my_files) - 1
+        )
         skip_in_file = record - (file_ends[first_file] - sizes[first_file])
         skips = tf.concat([[skip_in_file], tf.zeros([len(my_files) - first_file - 1], tf.int64)], 0)
 
@@ -232,7 +259,7 @@ def train_records(
 
         def repeat(index, row):
             record_id, name, serialized = row
-            n = copies[record_id] - tf.where(index == 0, done, 0)
+            n = copies_e[record_id] - tf.where(index == 0, done, 0)
             return tf.data.Dataset.from_tensors((name, serialized)).repeat(n)
 
         stream = raw.enumerate().flat_map(repeat)
@@ -294,6 +321,8 @@ def read(
     start_step: int = 0,
     position_multiple: int = 1,
     repeat_factors: Sequence[np.ndarray] | None = None,
+    images_per_category: int | None = None,
+    record_classes: Sequence[Sequence[np.ndarray]] | None = None,
 ) -> tuple[tf.data.Dataset, int]:
     """The records a pipeline builder reads: `train_records` or `eval_records`.
 
@@ -307,7 +336,8 @@ def read(
       position_multiple: training: start at a multiple of this position (2 for a
         pipeline that pairs consecutive records); the caller drops the returned number
         of leading examples after its pairing stage.
-      repeat_factors: training: per-file record repeat factors (see `train_records`).
+      repeat_factors, images_per_category, record_classes: training: record sampling
+        (see `train_records`).
 
     Returns:
       (dataset, examples to drop): training `(position, record_name, serialized)`
@@ -331,6 +361,8 @@ def read(
         pipeline_id=pipeline_id,
         start=start - drop,
         repeat_factors=repeat_factors,
+        images_per_category=images_per_category,
+        record_classes=record_classes,
     )
     return dataset, drop
 
@@ -382,6 +414,7 @@ def open_records(
     start_step: int = 0,
     position_multiple: int = 1,
     repeat_factor_threshold: float | None = None,
+    images_per_category: int | None = None,
 ) -> OpenedRecords:
     """The records of one input pipeline: the shared first stage of every pipeline builder.
 
@@ -395,20 +428,33 @@ def open_records(
       position_multiple: training: see `read` (2 for a pipeline pairing records).
       repeat_factor_threshold: training: t of repeat factor sampling (per-file factors
         from `tfcp.data.sampling.file_repeat_factors`); None = off.
+      images_per_category: training: k of class-aware sampling (`tfcp.data.class_aware`:
+        each epoch draws k images per category; the report: 5); None = off. Excludes
+        `repeat_factor_threshold`.
 
     Returns:
       `OpenedRecords(dataset, drop, pipeline_id, batch_size)`.
 
     Raises:
-      ValueError: a pattern matches no file.
+      ValueError: a pattern matches no file, or both sampling modes are set.
     """
+    if repeat_factor_threshold and images_per_category is not None:
+        raise ValueError(
+            "repeat_factor_threshold and images_per_category (class-aware sampling) are "
+            f"mutually exclusive, got {repeat_factor_threshold} and {images_per_category}"
+        )
     files = list_files(file_pattern)
     _, pipeline_id, batch_size = pipeline_layout(input_context, global_batch_size)
-    repeat_factors = None
-    if is_training and repeat_factor_threshold:
-        from tfcp.data import sampling  # noqa: PLC0415 - sampling imports this module
+    repeat_factors, classes = None, None
+    if is_training and (repeat_factor_threshold or images_per_category is not None):
+        from tfcp.data import class_aware, sampling  # noqa: PLC0415 - both import this module
 
-        repeat_factors = sampling.file_repeat_factors(files, repeat_factor_threshold)
+        if repeat_factor_threshold:
+            repeat_factors = sampling.file_repeat_factors(files, repeat_factor_threshold)
+        else:
+            classes = sampling.record_classes(files)
+            categories = class_aware.group_by_category([x for f in classes for x in f])
+            logging.info(class_aware.describe(categories, images_per_category))
     dataset, drop = read(
         files,
         is_training=is_training,
@@ -419,5 +465,7 @@ def open_records(
         start_step=start_step,
         position_multiple=position_multiple,
         repeat_factors=repeat_factors,
+        images_per_category=images_per_category if is_training else None,
+        record_classes=classes,
     )
     return OpenedRecords(dataset, drop, pipeline_id, batch_size)

@@ -4,7 +4,7 @@ For a threshold t (the paper's 0.001), category c gets r_c = max(1, sqrt(t / f_c
 fraction of training images that contain c, and image i gets r_i = max over its categories
 (1 for an image without objects). `tfcp.data.records.train_records(repeat_factors=...)`
 then repeats record i floor(r_i) times per epoch, plus once more with probability
-frac(r_i), seeded by (seed, epoch, record).
+frac(r_i), seeded by (seed, epoch, record) (`repeat_copies`).
 
 The categories of each record are read from a sidecar `.tfcp_classes/<file name>.json`
 beside the file when the converter wrote one (`write_classes_sidecar`; in a hidden folder so
@@ -112,6 +112,56 @@ def repeat_factors(per_record: Sequence[np.ndarray], threshold: float) -> np.nda
     return np.array(
         [max([by_category[int(c)] for c in x], default=1.0) for x in per_record], np.float64
     )
+
+
+def _epoch_counts(base, frac, seed, epoch):
+    """Copies of each record in `epoch`: floor(r) + Bernoulli(frac(r)), int64 [N]."""
+    # The same int64 epoch on the host and in the graph: fold_in depends on the dtype.
+    epoch_seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(epoch, tf.int64))
+    u = tf.random.stateless_uniform(tf.shape(frac), epoch_seed, dtype=tf.float64)
+    return base + tf.cast(u < frac, tf.int64)
+
+
+def repeat_copies(
+    files: Sequence[str],
+    repeat_factors: Sequence[np.ndarray] | None,
+    my_files: Sequence[str],
+    counts: np.ndarray,
+    seed: tf.Tensor,
+) -> records.EpochCopies:
+    """The copies of an input pipeline's records per epoch under repeat factor sampling.
+
+    Args:
+      files: all training files; `repeat_factors` has one float array per file (None:
+        one copy of every record, every epoch).
+      my_files, counts: the files this pipeline reads and their record counts.
+      seed: int64 [2], the stateless seed of the draws (folded with the epoch).
+
+    Raises:
+      ValueError: factors < 1 or not one per record (names the files).
+    """
+    num_records = int(np.sum(counts))
+    if repeat_factors is None:
+        ones = tf.ones([num_records], tf.int64)
+        return records.EpochCopies(lambda _: ones, None, num_records, num_records)
+    by_file = dict(zip(files, repeat_factors, strict=True))
+    factors = np.concatenate([np.asarray(by_file[f], np.float64) for f in my_files])
+    if len(factors) != num_records or not np.all(factors >= 1.0):
+        raise ValueError(
+            f"repeat factors must be >= 1, one per record ({num_records} records in "
+            f"{list(my_files)[:4]}...), got {len(factors)}"
+        )
+    base = np.floor(factors).astype(np.int64)
+    base_t, frac = tf.constant(base), tf.constant(factors - base)
+
+    def totals(first, num):  # one vectorized draw per epoch
+        draws = [_epoch_counts(base, frac, seed, e) for e in range(first, first + num)]
+        return np.array([int(np.sum(x)) for x in draws], np.int64)
+
+    def epoch_counts(epoch):
+        return _epoch_counts(base_t, frac, seed, epoch)
+
+    return records.EpochCopies(epoch_counts, totals, None, int(base.sum()))
 
 
 def file_repeat_factors(files: Sequence[str], threshold: float) -> list[np.ndarray]:
