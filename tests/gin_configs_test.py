@@ -88,15 +88,15 @@ class _ModelCache:
         self.built = {}
         self._build = factory.build_from_config
 
-    def build(self, model_config, l2_weight_decay=0.0):
+    def build(self, model_config, l2_weight_decay=0.0, **kwargs):
         # The image size does not change the graph's structure.
         model_config = model_config.replace(input_size=[TEST_IMAGE_SIZE, TEST_IMAGE_SIZE, 3])
         fields = model_config.as_dict()
         for name in SHARED_BUILD_FIELDS:
             fields.pop(name, None)
-        key = json.dumps(fields, sort_keys=True, default=str)
+        key = json.dumps([fields, kwargs], sort_keys=True, default=str)
         if key not in self.built:
-            self.built[key] = self._build(model_config, l2_weight_decay)
+            self.built[key] = self._build(model_config, l2_weight_decay, **kwargs)
         return self.built[key]
 
 

@@ -26,10 +26,12 @@ import gin
 import tensorflow as tf
 from absl import logging
 
+from tfcp.data import classifier_streams as classifier_streams_lib
 from tfcp.data import (
     decoder,
     eval_pipeline,
     mixed_sources,
+    mosaic_stage,
     record_policy,
     records,
     service,
@@ -105,6 +107,12 @@ def build_dataset(
     pseudo_fraction: float = 0.5,
     paste_into: str = "both",
     paste_from: str = "labeled",
+    mosaic_prob: float = 0.0,
+    mosaic_center_range: Sequence[float] = (0.5, 1.5),
+    mosaic_color_jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1),
+    mosaic_min_visible_area: float | None = None,
+    images_per_category: int | None = None,
+    classifier_streams: bool = False,
 ) -> tf.data.Dataset:
     """Builds the Mask R-CNN training or eval dataset.
 
@@ -187,6 +195,23 @@ def build_dataset(
         Table 3; default both).
       paste_from: where pasted objects come from: 'labeled' (ground truth, the paper's
         choice) or 'pseudo'.
+      mosaic_prob: training: probability of Balanced Mosaic per example (LVIS 2020
+        challenge report; `tfcp.data.mosaic_stage`), 0 = off. Order: mosaic, then scale
+        jitter, then Copy-Paste. Partners are drawn with p_i proportional to the repeat
+        factors when `repeat_factor_threshold` is set, uniformly otherwise.
+      mosaic_center_range: the mosaic centre's range, in units of `image_size`.
+      mosaic_color_jitter: (brightness, contrast, saturation, hue) of the mosaic's
+        post-transform (`tfcp.ops.mosaic`); zeros = off.
+      mosaic_min_visible_area: objects cut by the mosaic crop below this visible area
+        (pixels of the image_size mosaic) are dropped and counted; None: the (scaled)
+        `occluded_area_threshold`, the same rule as Copy-Paste's occlusion.
+      images_per_category: training: class-aware sampling (report Sec. 3): every epoch
+        draws this many images of each category (`tfcp.data.class_aware`); the main
+        stream then ignores repeat factors (mosaic partners still use them).
+      classifier_streams: training: half of every batch from repeat factor sampling, half
+        from class-aware sampling, tagged in `labels['classifier_stream']` for the double
+        classifier (`tfcp.data.classifier_streams`); needs `repeat_factor_threshold` and
+        `images_per_category`.
 
     Returns:
       A `tf.data.Dataset` of `(images float32 [B, S, S, 3], labels)`, see the module doc.
@@ -194,6 +219,8 @@ def build_dataset(
     Raises:
       ValueError: on a pattern matching no file or inconsistent settings.
     """
+    if classifier_streams:
+        return classifier_streams_lib.two_streams(build_dataset, dict(locals()))
     if data_service_address and not is_training:
         raise ValueError(
             "evaluation reads its records locally: data_service_address is for training"
@@ -250,11 +277,18 @@ def build_dataset(
     # Copy-Paste pairs consecutive examples: a resumed stream starts at a pair boundary and
     # drops the first example of the pair when the step's position is odd. (Two sources
     # pair inside each batch: no pairs span batches.)
+    mosaic = is_training and mosaic_prob > 0.0
     dataset, drop, pipeline_id, _ = records.open_records(
         file_pattern,
         global_batch_size=num_labeled * replicas,
         position_multiple=2 if paste and not mixed else 1,
-        repeat_factor_threshold=repeat_factor_threshold,
+        # With class-aware sampling and mosaic, the repeat factors are the partners' only.
+        repeat_factor_threshold=(
+            None if images_per_category and mosaic else repeat_factor_threshold
+        ),
+        images_per_category=images_per_category if is_training else None,
+        mosaic_partners=mosaic_stage.NUM_PARTNERS if mosaic else 0,
+        partner_repeat_factor_threshold=repeat_factor_threshold,
         **open_args,
     )
     if not is_training:
@@ -369,19 +403,41 @@ def build_dataset(
             outputs.append(make_targets(example, example_seeds[k]))
         return tf.nest.map_structure(lambda a, b: tf.stack([a, b]), outputs[0], outputs[1])
 
-    def views(records_dataset, stream_seed=base_seed):
+    def views(records_dataset, stream_seed=base_seed, with_mosaic=False):
         decoded = record_policy.decode_stage(
             records_dataset,
             on_bad_record=on_bad_record,
-            include_mask=include_mask or paste,
+            include_mask=include_mask or paste or with_mosaic,
             num_classes=num_classes,
             num_parallel_calls=num_parallel_calls,
         )
         if skip_difficult_during_training:
             decoded = decoded.map(
-                lambda index, example: (index, decoder.drop_difficult(example)),
+                lambda index, example, *partners: (
+                    index,
+                    decoder.drop_difficult(example),
+                    *partners,
+                ),
                 num_parallel_calls=num_parallel_calls,
                 deterministic=True,
+            )
+        if with_mosaic:
+            decoded = mosaic_stage.mosaic_stage(
+                decoded,
+                base_seed=stream_seed,
+                prob=mosaic_prob,
+                output_size=image_size,
+                on_bad_record=on_bad_record,
+                num_classes=num_classes,
+                center_range=mosaic_center_range,
+                color_jitter=mosaic_color_jitter,
+                min_visible_area=(
+                    occluded_area_threshold
+                    if mosaic_min_visible_area is None
+                    else mosaic_min_visible_area
+                ),
+                pad_value=pad_value,
+                num_parallel_calls=num_parallel_calls,
             )
         return decoded.map(
             lambda index, example: decode_views(index, example, stream_seed),
@@ -399,7 +455,7 @@ def build_dataset(
             (True, pseudo, tf.random.experimental.stateless_fold_in(base_seed, 1)),
         ):
             streams.append(
-                views(stream, stream_seed).map(
+                views(stream, stream_seed, mosaic and not is_pseudo).map(
                     lambda *v, p=is_pseudo: mixed_sources.tag_views(v, p, keep_source_flags),
                     num_parallel_calls=num_parallel_calls,
                 )
@@ -415,7 +471,7 @@ def build_dataset(
             num_parallel_calls=num_parallel_calls,
         )
     else:
-        dataset = views(dataset)
+        dataset = views(dataset, with_mosaic=mosaic)
     if mixed and paste:
         dataset = dataset.map(
             paste_example, num_parallel_calls=num_parallel_calls, deterministic=True

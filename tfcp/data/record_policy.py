@@ -66,41 +66,42 @@ def decode_stage(
     """Decodes and checks records: `(position, name, serialized)` -> `(position, decoded)`.
 
     Args:
-      dataset: the record reader's training stream (`tfcp.data.records.train_records`).
+      dataset: the record reader's training stream (`tfcp.data.records.train_records`),
+        `(position, record_name, serialized, *extra)`: trailing components (e.g. Balanced
+        Mosaic's partner records) pass through unchanged.
       on_bad_record: 'raise' or 'skip' (see the module doc).
       include_mask: decode the instance masks.
       num_classes: class ids must be in [1, num_classes); None checks ids >= 1 only.
       num_parallel_calls: parallelism of the decode map.
 
     Returns:
-      A dataset of `(position int64 [], decoded dict)`, `decoded` as `decoder.decode`'s.
+      A dataset of `(position int64 [], decoded dict, *extra)`, `decoded` as
+      `decoder.decode`'s.
 
     Raises:
       ValueError: an unknown policy.
     """
     if on_bad_record not in POLICIES:
         raise ValueError(f"on_bad_record must be one of {POLICIES}, got {on_bad_record!r}")
-    hint = tf.constant(_HINT)
 
-    def check(position, record_name, serialized):
+    def check(position, record_name, serialized, *extra):
         decoded, ok, reason = validation.decode_checked(
             serialized, include_mask=include_mask, num_classes=num_classes
         )
         message = validation.format_error(record_name, decoded, reason)
-        return position, decoded, ok, message
+        return (position, decoded, ok, message, *extra)
 
     dataset = dataset.map(check, num_parallel_calls=num_parallel_calls, deterministic=True)
     if on_bad_record == "raise":
 
-        def fail_on_bad(position, decoded, ok, message):
-            assertion = tf.debugging.Assert(ok, [tf.strings.join([message, hint])], summarize=1)
-            with tf.control_dependencies([assertion]):
-                return tf.identity(position), decoded
+        def fail_on_bad(position, decoded, ok, message, *extra):
+            with tf.control_dependencies([assert_good(ok, message)]):
+                return (tf.identity(position), decoded, *extra)
 
         return dataset.map(fail_on_bad)
     counter = skipped_counter()
 
-    def report(position, decoded, ok, message):
+    def report(position, decoded, ok, message, *extra):
         def skip():
             warn = tf.print("WARNING: skipping", message, output_stream=sys.stderr)
             with tf.control_dependencies([warn]):
@@ -110,4 +111,12 @@ def decode_stage(
 
         return tf.cond(ok, lambda: tf.constant(True), skip)
 
-    return dataset.filter(report).map(lambda position, decoded, ok, message: (position, decoded))
+    return dataset.filter(report).map(
+        lambda position, decoded, ok, message, *extra: (position, decoded, *extra)
+    )
+
+
+def assert_good(ok: tf.Tensor, message: tf.Tensor) -> tf.Operation:
+    """An op failing with `message` and the policy hint (`as_bad_record_error` finds it)
+    when `ok` is false."""
+    return tf.debugging.Assert(ok, [tf.strings.join([message, tf.constant(_HINT)])], summarize=1)

@@ -415,6 +415,8 @@ def open_records(
     position_multiple: int = 1,
     repeat_factor_threshold: float | None = None,
     images_per_category: int | None = None,
+    mosaic_partners: int = 0,
+    partner_repeat_factor_threshold: float | None = None,
 ) -> OpenedRecords:
     """The records of one input pipeline: the shared first stage of every pipeline builder.
 
@@ -431,9 +433,15 @@ def open_records(
       images_per_category: training: k of class-aware sampling (`tfcp.data.class_aware`:
         each epoch draws k images per category; the report: 5); None = off. Excludes
         `repeat_factor_threshold`.
+      mosaic_partners: training: n > 0 adds n partner records to every element
+        (`tfcp.data.mosaic_stage.partner_records`: positions n*p .. n*p+n-1 of a second
+        stream, drawn by `partner_repeat_factor_threshold`'s repeat factors).
+      partner_repeat_factor_threshold: t of the partners' repeat factors; None = uniform.
 
     Returns:
-      `OpenedRecords(dataset, drop, pipeline_id, batch_size)`.
+      `OpenedRecords(dataset, drop, pipeline_id, batch_size)`; with partners the training
+      elements are `(position, record_name, serialized, partner_names string [n],
+      partner_serialized string [n])`.
 
     Raises:
       ValueError: a pattern matches no file, or both sampling modes are set.
@@ -468,4 +476,23 @@ def open_records(
         images_per_category=images_per_category if is_training else None,
         record_classes=classes,
     )
+    if is_training and mosaic_partners:
+        from tfcp.data import mosaic_stage, sampling  # noqa: PLC0415 - both import this module
+
+        partner_factors = None
+        if partner_repeat_factor_threshold == repeat_factor_threshold:
+            partner_factors = repeat_factors
+        elif partner_repeat_factor_threshold:
+            partner_factors = sampling.file_repeat_factors(files, partner_repeat_factor_threshold)
+        first = start_position(start_step, batch_size, input_context) - drop
+        dataset = mosaic_stage.with_partners(
+            dataset,
+            files,
+            num_partners=mosaic_partners,
+            seed=seed,
+            shuffle_window=shuffle_buffer,
+            input_context=input_context,
+            first_position=first,
+            repeat_factors=partner_factors,
+        )
     return OpenedRecords(dataset, drop, pipeline_id, batch_size)
