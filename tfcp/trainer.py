@@ -19,7 +19,7 @@ import tf_keras
 from absl import logging
 
 from tfcp import checkpointing, distribute_utils, eval_loop, optimization, summaries, train_loop
-from tfcp.data import record_policy
+from tfcp.data import mosaic_stage, record_policy
 
 MODES = ("train", "eval", "train_and_eval")
 PREEMPTED = "preempted"
@@ -119,6 +119,7 @@ class Trainer:
         self.strategy = strategy or distribute_utils.build_strategy()
         record_policy.skipped_counter()  # created outside the strategy's scope
         self._skipped_before = record_policy.skipped_count()  # the counter is process-wide
+        mosaic_stage.mosaic_counters()  # also process-wide, outside the strategy's scope
         mixed_precision = distribute_utils.resolve_mixed_precision(mixed_precision, self.strategy)
         self._mixed_precision = mixed_precision
         tf_keras.mixed_precision.set_global_policy(mixed_precision)
@@ -334,6 +335,9 @@ class Trainer:
         if skipped:
             logging.warning("%d bad training record(s) skipped so far (named above).", skipped)
             scalars["bad_records_skipped"] = skipped
+        mosaics, dropped = mosaic_stage.mosaic_counts()
+        if mosaics:  # host-side input counts (this process's pipelines, prefetch included)
+            scalars.update(mosaic_images=mosaics, mosaic_objects_dropped=dropped)
         writer.scalars(step, scalars)
         acc.reset()
 

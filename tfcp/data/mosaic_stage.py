@@ -83,7 +83,9 @@ def with_partners(
     return tf.data.Dataset.zip(dataset, partners).map(lambda element, partner: (*element, *partner))
 
 
-def _mosaic_counters() -> tuple[tf.Variable, tf.Variable]:
+def mosaic_counters() -> tuple[tf.Variable, tf.Variable]:
+    """The process-wide int64 counters (mosaics made, objects dropped), created on first use
+    (the trainer creates them outside its distribution strategy's scope)."""
     global _counters
     if _counters is None:
         with tf.init_scope():
@@ -149,7 +151,7 @@ def mosaic_stage(
         raise ValueError(
             f"mosaic color_jitter is (brightness, contrast, saturation, hue), got {color_jitter}"
         )
-    made, dropped_total = _mosaic_counters()
+    made, dropped_total = mosaic_counters()
     brightness, contrast, saturation, hue = (float(x) for x in color_jitter)
 
     def combine(decoded, partners, seed):
