@@ -14,7 +14,7 @@ from absl.testing import flagsaver
 from PIL import Image
 
 from tfcp import draw, gin_utils, visualize
-from tfcp.data import pipeline, schema
+from tfcp.data import mosaic_stage, pipeline, schema
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_GIN = sorted(glob.glob(os.path.join(REPO, "gin_configs", "data", "*.gin")))
@@ -156,6 +156,40 @@ class VisualizeTest(tf.test.TestCase):
         # Every sample holds objects (masks of 2 boxes + pastes): the first instance's box
         # and mask outline are drawn in its pure color, 2+ px wide at this size.
         self.assertGreater((first == draw.color(0)).all(-1).sum(), 300)
+
+    def test_mosaic_samples_with_and_without_copy_paste(self):
+        """lvis/balanced_mosaic_common.gin on a data file: every sample a mosaic of 4 images
+        (2 objects each), with Copy-Paste on top or not; the CLI draws them."""
+        mosaic_gin = os.path.join(REPO, "gin_configs", "lvis", "balanced_mosaic_common.gin")
+        bindings = [
+            *[b for b in self.bindings if not b.startswith("EVAL_FILES")],
+            "train/build_dataset.mosaic_prob = 1.0",
+            "train/build_dataset.mosaic_center_range = (1.0, 1.0)",
+            "train/build_dataset.main_scale_range = (1.0, 1.0)",
+            "build_dataset.max_num_instances = 16",
+        ]
+        for copy_paste in (0.0, 1.0):
+            gin.clear_config()
+            extra = [f"train/build_dataset.copy_paste_prob = {copy_paste}"]
+            _parse([LSJ_CP, mosaic_gin], bindings + extra)
+            made = mosaic_stage.mosaic_counts()[0]
+            with gin.config_scope("train"):
+                _, labels = next(iter(pipeline.build_dataset(keep_is_pasted=True)))
+            self.assertGreaterEqual(mosaic_stage.mosaic_counts()[0] - made, 2)
+            pasted = "gt_is_pasted" in labels and bool(labels["gt_is_pasted"].numpy().any())
+            self.assertEqual(pasted, copy_paste > 0)
+            output = os.path.join(self._tmp.name, f"mosaic_{copy_paste}.png")
+            flags.FLAGS.mark_as_parsed()
+            gin.clear_config()
+            with flagsaver.flagsaver(
+                gin_file=[LSJ_CP, mosaic_gin],
+                gin_bindings=bindings + extra,
+                output=output,
+                num_images=2,
+                columns=2,
+            ):
+                visualize.main([])
+            self.assertEqual(Image.open(output).format, "PNG")
 
     def test_tile_size_zero_keeps_the_training_size(self):
         _parse([LSJ_CP], self.bindings)
