@@ -32,29 +32,12 @@ from tfcp.data import (
     eval_pipeline,
     mixed_sources,
     mosaic_stage,
+    paste_stage,
     record_policy,
     records,
     service,
-    targets,
 )
-from tfcp.ops import copy_paste as copy_paste_lib
 from tfcp.ops import scale_jitter
-
-_SOURCE_KEYS = (
-    "image",
-    "groundtruth_boxes",
-    "groundtruth_classes",
-    "groundtruth_is_crowd",
-    "groundtruth_area",
-    "groundtruth_difficult",
-    "groundtruth_instance_masks",
-    "groundtruth_is_pasted",
-    "groundtruth_from_pseudo",
-)
-
-# The map functions are plain TF graphs (no Python control flow on tensors); skipping
-# AutoGraph's source conversion of them and of Model Garden's ops saves ~10 s per build.
-_no_autograph = tf.autograph.experimental.do_not_convert
 
 
 @gin.configurable
@@ -239,17 +222,8 @@ def build_dataset(
     paste = copy_paste_prob > 0.0
     mixed = pseudo_file_pattern is not None
     if is_training and paste and occlusion_reference_size:
-        ratio = image_size / float(occlusion_reference_size)
-        occluded_area_threshold = occluded_area_threshold * ratio**2
-        if occluded_box_threshold is not None:
-            occluded_box_threshold = occluded_box_threshold * ratio
-        logging.info(
-            "Copy-Paste occlusion thresholds scaled from %d px to %d px images: area %g px, "
-            "box %s px",
-            occlusion_reference_size,
-            image_size,
-            occluded_area_threshold,
-            occluded_box_threshold,
+        occluded_area_threshold, occluded_box_threshold = paste_stage.scale_occlusion(
+            occluded_area_threshold, occluded_box_threshold, image_size, occlusion_reference_size
         )
     if mixed and not is_training:
         raise ValueError("pseudo_file_pattern is for training; evaluate on labeled data")
@@ -305,103 +279,31 @@ def build_dataset(
         )
 
     base_seed = tf.constant([seed, pipeline_id], tf.int64)
-    # One jittered view serves as target and (for the partner) as source, unless the pasted
-    # images have their own jitter range (paper Table 11).
-    separate_source_view = paste and tuple(paste_scale_range) != tuple(main_scale_range)
     keep_source_flags = keep_is_pasted and mixed
-    keep_is_pasted = keep_is_pasted and paste
-
-    @_no_autograph
-    def decode_views(index, decoded, stream_seed=base_seed):
-        example_seed = tf.random.experimental.stateless_fold_in(stream_seed, index)
-        seeds = tf.random.experimental.stateless_split(example_seed, 3)
-        target = scale_jitter.scale_jitter(
-            decoded,
-            seeds[0],
-            output_size=image_size,
-            scale_range=main_scale_range,
-            flip_prob=flip_prob,
-            pad_value=pad_value,
-        )
-        if keep_is_pasted:
-            target["groundtruth_is_pasted"] = tf.zeros_like(target["groundtruth_is_crowd"])
-        if not separate_source_view:
-            return example_seed, target
-        source = scale_jitter.scale_jitter(
-            {k: v for k, v in decoded.items() if k in _SOURCE_KEYS},
-            seeds[1],
-            output_size=image_size,
-            scale_range=paste_scale_range,
-            flip_prob=flip_prob,
-            pad_value=pad_value,
-        )
-        return example_seed, target, source
-
-    @_no_autograph
-    def make_targets(example, example_seed):
-        return targets.maskrcnn_train_targets(
-            example,
-            tf.random.experimental.stateless_fold_in(example_seed, 1),
-            image_size=image_size,
-            anchor_config=anchor_config,
-            rpn_match_threshold=rpn_match_threshold,
-            rpn_unmatched_threshold=rpn_unmatched_threshold,
-            rpn_batch_size_per_im=rpn_batch_size_per_im,
-            rpn_fg_fraction=rpn_fg_fraction,
-            max_num_instances=max_num_instances,
-            mask_crop_size=mask_crop_size,
-            include_mask=include_mask,
-            skip_crowd=skip_crowd_during_training,
-            keep_is_pasted=keep_is_pasted,
-        )
-
-    def paste_one(target, source, example_seed):
-        paste_seed = tf.random.experimental.stateless_fold_in(example_seed, 2)
-
-        def pasted():
-            return copy_paste_lib.copy_paste(
-                target,
-                source,
-                paste_seed,
-                selection=selection,
-                max_num_pasted=max_num_pasted,
-                blend_sigma=blend_sigma,
-                occluded_area_threshold=occluded_area_threshold,
-                occluded_box_threshold=occluded_box_threshold,
-                paste_crowd=paste_crowd,
-                max_num_instances=max_num_instances,
-            )
-
-        if copy_paste_prob >= 1.0:
-            return pasted()
-        coin = tf.random.stateless_uniform(
-            [], tf.random.experimental.stateless_fold_in(paste_seed, 3)
-        )
-        return tf.cond(coin < copy_paste_prob, pasted, lambda: dict(target))
-
-    @_no_autograph
-    def paste_example(example_seed, target, source, do_paste):
-        source = dict(source)
-        if keep_is_pasted:
-            source["groundtruth_is_pasted"] = tf.ones_like(source["groundtruth_is_crowd"])
-        example = tf.cond(
-            do_paste, lambda: paste_one(target, source, example_seed), lambda: dict(target)
-        )
-        return make_targets(example, example_seed)
-
-    @_no_autograph
-    def cross_pair(example_seeds, pair_targets, pair_sources=None):
-        if pair_sources is None:
-            pair_sources = {k: v for k, v in pair_targets.items() if k in _SOURCE_KEYS}
-        outputs = []
-        for k in (0, 1):
-            target = {key: value[k] for key, value in pair_targets.items()}
-            source = {key: value[1 - k] for key, value in pair_sources.items()}
-            if keep_is_pasted:
-                source["groundtruth_is_pasted"] = tf.ones_like(source["groundtruth_is_crowd"])
-            example = paste_one(target, source, example_seeds[k])
-            outputs.append(make_targets(example, example_seeds[k]))
-        return tf.nest.map_structure(lambda a, b: tf.stack([a, b]), outputs[0], outputs[1])
+    options = paste_stage.ExampleOptions(
+        image_size=image_size,
+        main_scale_range=main_scale_range,
+        paste_scale_range=paste_scale_range,
+        flip_prob=flip_prob,
+        pad_value=pad_value,
+        copy_paste_prob=copy_paste_prob,
+        selection=selection,
+        max_num_pasted=max_num_pasted,
+        blend_sigma=blend_sigma,
+        occluded_area_threshold=occluded_area_threshold,
+        occluded_box_threshold=occluded_box_threshold,
+        paste_crowd=paste_crowd,
+        keep_is_pasted=keep_is_pasted and paste,
+        anchor_config=anchor_config,
+        rpn_match_threshold=rpn_match_threshold,
+        rpn_unmatched_threshold=rpn_unmatched_threshold,
+        rpn_batch_size_per_im=rpn_batch_size_per_im,
+        rpn_fg_fraction=rpn_fg_fraction,
+        max_num_instances=max_num_instances,
+        mask_crop_size=mask_crop_size,
+        include_mask=include_mask,
+        skip_crowd=skip_crowd_during_training,
+    )
 
     def views(records_dataset, stream_seed=base_seed, with_mosaic=False):
         decoded = record_policy.decode_stage(
@@ -439,11 +341,7 @@ def build_dataset(
                 pad_value=pad_value,
                 num_parallel_calls=num_parallel_calls,
             )
-        return decoded.map(
-            lambda index, example: decode_views(index, example, stream_seed),
-            num_parallel_calls=num_parallel_calls,
-            deterministic=True,
-        )
+        return paste_stage.views_stage(decoded, stream_seed, options, num_parallel_calls)
 
     if mixed:
         pseudo, _, _, _ = records.open_records(
@@ -467,23 +365,14 @@ def build_dataset(
             paste=paste,
             paste_into=paste_into,
             paste_from=paste_from,
-            source_keys=_SOURCE_KEYS,
+            source_keys=paste_stage.SOURCE_KEYS,
             num_parallel_calls=num_parallel_calls,
         )
     else:
         dataset = views(dataset, with_mosaic=mosaic)
-    if mixed and paste:
-        dataset = dataset.map(
-            paste_example, num_parallel_calls=num_parallel_calls, deterministic=True
-        )
-    elif paste:
-        dataset = dataset.ragged_batch(2, drop_remainder=True)
-        dataset = dataset.map(cross_pair, num_parallel_calls=num_parallel_calls, deterministic=True)
-        dataset = dataset.unbatch().skip(drop)
-    else:
-        dataset = dataset.map(
-            lambda s, t: make_targets(t, s), num_parallel_calls=num_parallel_calls
-        )
+    dataset = paste_stage.examples_stage(
+        dataset, options, mixed=mixed, drop=drop, num_parallel_calls=num_parallel_calls
+    )
     dataset = dataset.batch(batch_size, drop_remainder=True)
     if data_service_address:
         dataset = service.distribute(

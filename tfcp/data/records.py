@@ -6,9 +6,9 @@ reading exactly where an uninterrupted run would be, at a cost that does not dep
 
 - epoch `e` (`p // N` for N records of this input pipeline) lists the pipeline's files in a
   random order drawn from (`seed`, `e`) and reads them one after the other; with record
-  sampling (`EpochCopies`: repeat factors, `tfcp.data.sampling`, or class-aware sampling,
-  `tfcp.data.class_aware`) each record comes 0 or more times, a pure function of (`seed`,
-  `e`), and epoch sizes are summed on the host (no I/O) to find `e`;
+  sampling (`tfcp.data.epochs.EpochCopies`: repeat factors, `tfcp.data.sampling`, or
+  class-aware sampling, `tfcp.data.class_aware`) each record comes 0 or more times, a pure
+  function of (`seed`, `e`), and epoch sizes are summed on the host (no I/O) to find `e`;
 - the epoch's records are cut into windows of `shuffle_window` consecutive records and each
   window is permuted by a stateless permutation drawn from (`seed`, `e`, window index): the
   window plays the part of a shuffle buffer of the same size (and holds as many serialized
@@ -35,16 +35,18 @@ pipeline's records, with the per-replica batch size and input pipeline id.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tfcp.data import epochs
+from tfcp.data.epochs import EpochCopies  # noqa: F401 - re-exported for sampling, class_aware
+
 _HEADER = struct.Struct("<QI")  # record length, masked CRC of the length
 _FOOTER_BYTES = 4  # masked CRC of the data
-_MAX_EPOCHS = 2**62
 _count_cache: dict[tuple[str, int], int] = {}
 
 
@@ -102,46 +104,6 @@ def _pipeline_files(files, num_pipelines, pipeline_id):
     if num_pipelines > 1 and len(files) >= num_pipelines:
         return list(files[pipeline_id::num_pipelines]), 1, 0
     return list(files), max(num_pipelines, 1), pipeline_id if num_pipelines > 1 else 0
-
-
-class EpochCopies(NamedTuple):
-    """How many copies of each of an input pipeline's records an epoch holds.
-
-    Attributes:
-      counts: epoch (int64 [] tensor) -> int64 [n] copies of each of the pipeline's n
-        records (its files in order); core TF ops, run inside the tf.data graph.
-      totals: (first epoch, number of epochs) -> int64 [number], copies per epoch,
-        computed on the host without I/O (None when `constant` is set).
-      constant: the copies of every epoch when they do not depend on the epoch, else None.
-      least: the fewest copies an epoch can hold (None: unknown, possibly 0).
-    """
-
-    counts: Callable[[tf.Tensor], tf.Tensor]
-    totals: Callable[[int, int], np.ndarray] | None
-    constant: int | None
-    least: int | None
-
-
-def _start_epoch(start, copies, stride, offset):
-    """(epoch, position of its first element) holding pipeline position `start`.
-
-    Epoch sizes come from `copies` (no I/O): O(1) when they are fixed, else epochs are
-    summed in blocks of up to 256.
-    """
-
-    def size(total):
-        return np.maximum((np.asarray(total, np.int64) - offset + stride - 1) // stride, 0)
-
-    if copies.constant is not None:  # every epoch has the same size
-        epoch_size = int(size(copies.constant))
-        return start // epoch_size, start - start % epoch_size
-    epoch, first, block = 0, 0, 1
-    while True:
-        ends = first + np.cumsum(size(copies.totals(epoch, block)))
-        i = int(np.searchsorted(ends, start, side="right"))  # the first epoch ending after
-        if i < block:
-            return epoch + i, int(ends[i - 1]) if i else first
-        epoch, first, block = epoch + block, int(ends[-1]), min(2 * block, 256)
 
 
 def train_records(
@@ -206,78 +168,21 @@ def train_records(
     else:
         rfs_seed = tf.random.experimental.stateless_fold_in(seed_t, 0x4F5)
         copies = sampling.repeat_copies(files, repeat_factors, my_files, counts, rfs_seed)
-    if copies.least is not None and max((copies.least - offset + stride - 1) // stride, 0) == 0:
+    if copies.least is not None and epochs.pipeline_epoch_size(copies.least, stride, offset) == 0:
         raise ValueError(
             f"input pipeline {pipeline_id} of {num_pipelines} gets no training record from "
             f"{len(my_files)} file(s) holding {int(counts.sum())} record(s): {my_files[:4]}"
         )
-    start_epoch, epoch_first = _start_epoch(int(start), copies, stride, offset)
-    in_epoch = int(start) - epoch_first
-    first_window, skip_in_window = divmod(in_epoch, window)
-    file_names = tf.constant(my_files)
-    file_sizes = tf.constant(counts)
-    file_starts = tf.constant(np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64))
-
-    def epoch_records(epoch):
-        first = epoch == start_epoch
-        window0 = tf.where(first, tf.constant(first_window, tf.int64), 0)
-        skip0 = tf.where(first, tf.constant(skip_in_window, tf.int64), 0)
-        epoch_seed = tf.random.experimental.stateless_fold_in(seed_t, epoch)
-        copies_e = copies.counts(epoch)
-        order = tf.argsort(tf.random.stateless_uniform([len(my_files)], epoch_seed))
-        names, sizes, starts = (tf.gather(x, order) for x in (file_names, file_sizes, file_starts))
-        # Copies before the first window of this epoch (a multiple of `stride`): find the
-        # record they end in and how many of its copies were already produced.
-        copy_skip = window0 * window * stride
-        ids = tf.ragged.range(starts, starts + sizes).flat_values  # records in epoch order
-        ends = tf.cumsum(tf.gather(copies_e, ids))
-        record = tf.reduce_sum(tf.cast(ends <= copy_skip, tf.int64))
-        done = copy_skip - tf.concat([[0], ends], 0)[record]
-        file_ends = tf.cumsum(sizes)
-        # (An epoch without copies for this pipeline skips all of its last file.)
-        first_file = tf.minimum(
-            tf.reduce_sum(tf.cast(file_ends <= record, tf.int32)), len(my_files) - 1
-        )
-        skip_in_file = record - (file_ends[first_file] - sizes[first_file])
-        skips = tf.concat([[skip_in_file], tf.zeros([len(my_files) - first_file - 1], tf.int64)], 0)
-
-        def read_file(name, skip, file_start):
-            indices = tf.data.Dataset.range(skip, tf.int64.max)
-            rows = tf.data.Dataset.zip(indices, tf.data.TFRecordDataset(name).skip(skip))
-            sep = tf.constant(":")
-            return rows.map(
-                lambda i, r: (
-                    file_start + i,
-                    tf.strings.join([name, sep, tf.strings.as_string(i)]),
-                    r,
-                )
-            )
-
-        raw = tf.data.Dataset.from_tensor_slices(
-            (names[first_file:], skips, starts[first_file:])
-        ).flat_map(read_file)
-
-        def repeat(index, row):
-            record_id, name, serialized = row
-            n = copies_e[record_id] - tf.where(index == 0, done, 0)
-            return tf.data.Dataset.from_tensors((name, serialized)).repeat(n)
-
-        stream = raw.enumerate().flat_map(repeat)
-        if stride > 1:
-            stream = stream.shard(stride, offset)
-        windows = tf.data.Dataset.zip(
-            tf.data.Dataset.range(window0, tf.int64.max), stream.batch(window)
-        )
-
-        def permute(index, batch):
-            names_w, records_w = batch
-            window_seed = tf.random.experimental.stateless_fold_in(epoch_seed, index)
-            perm = tf.argsort(tf.random.stateless_uniform(tf.shape(records_w), window_seed))
-            return tf.gather(names_w, perm), tf.gather(records_w, perm)
-
-        return windows.map(permute).unbatch().skip(skip0)
-
-    stream = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(epoch_records)
+    stream = epochs.epoch_stream(
+        my_files,
+        counts,
+        copies,
+        seed=seed_t,
+        window=window,
+        stride=stride,
+        offset=offset,
+        start=int(start),
+    )
     positions = tf.data.Dataset.range(int(start), tf.int64.max)
     return tf.data.Dataset.zip(positions, stream).map(lambda p, nr: (p, nr[0], nr[1]))
 

@@ -1,0 +1,307 @@
+"""The training-example stages of `tfcp.data.pipeline`: jittered views, Copy-Paste, targets.
+
+Each record's decoded example becomes a target view (and, when the pasted images have
+their own jitter range, a separate source view), then an example with pasted objects,
+then Mask R-CNN targets. Every random draw derives from the example seed
+`fold_in(stream_seed, position)`:
+
+- `split(example_seed, 3)[0]` jitters the target view, `[1]` the source view;
+- `fold_in(example_seed, 1)` seeds the targets (RPN anchor sampling);
+- `fold_in(example_seed, 2)` seeds Copy-Paste, and `fold_in(that, 3)` its coin when
+  `copy_paste_prob < 1`.
+
+The options of these stages are one frozen `ExampleOptions`, built once by
+`pipeline.build_dataset` and passed along.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import tensorflow as tf
+from absl import logging
+
+from tfcp.data import targets
+from tfcp.ops import copy_paste as copy_paste_lib
+from tfcp.ops import scale_jitter
+
+# The keys of a decoded example that a paste source needs.
+SOURCE_KEYS = (
+    "image",
+    "groundtruth_boxes",
+    "groundtruth_classes",
+    "groundtruth_is_crowd",
+    "groundtruth_area",
+    "groundtruth_difficult",
+    "groundtruth_instance_masks",
+    "groundtruth_is_pasted",
+    "groundtruth_from_pseudo",
+)
+
+# The map functions are plain TF graphs (no Python control flow on tensors); skipping
+# AutoGraph's source conversion of them and of Model Garden's ops saves ~10 s per build.
+_no_autograph = tf.autograph.experimental.do_not_convert
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleOptions:
+    """Options of the training-example stages (see `pipeline.build_dataset`'s arguments).
+
+    Attributes:
+      image_size: S, the square output size.
+      main_scale_range, paste_scale_range: scale jitter ranges of the target and source
+        views.
+      flip_prob, pad_value: horizontal flip probability and uint8 padding of each view.
+      copy_paste_prob: probability of Copy-Paste per example (0: no pasting).
+      selection, max_num_pasted, blend_sigma, occluded_area_threshold,
+        occluded_box_threshold, paste_crowd: `tfcp.ops.copy_paste.copy_paste` arguments
+        (thresholds in pixels of the S x S output).
+      keep_is_pasted: track `groundtruth_is_pasted` into `labels['gt_is_pasted']`
+        (only meaningful when pasting).
+      anchor_config, rpn_match_threshold, rpn_unmatched_threshold,
+        rpn_batch_size_per_im, rpn_fg_fraction, max_num_instances, mask_crop_size,
+        include_mask, skip_crowd: `tfcp.data.targets.maskrcnn_train_targets` arguments
+        (`max_num_instances` also caps the objects Copy-Paste keeps).
+    """
+
+    image_size: int
+    main_scale_range: Sequence[float]
+    paste_scale_range: Sequence[float]
+    flip_prob: float
+    pad_value: float
+    copy_paste_prob: float
+    selection: str
+    max_num_pasted: int
+    blend_sigma: float
+    occluded_area_threshold: float
+    occluded_box_threshold: float | None
+    paste_crowd: bool
+    keep_is_pasted: bool
+    anchor_config: dict
+    rpn_match_threshold: float
+    rpn_unmatched_threshold: float
+    rpn_batch_size_per_im: int
+    rpn_fg_fraction: float
+    max_num_instances: int
+    mask_crop_size: int
+    include_mask: bool
+    skip_crowd: bool
+
+    @property
+    def paste(self) -> bool:
+        """Whether Copy-Paste is on."""
+        return self.copy_paste_prob > 0.0
+
+    @property
+    def separate_source_view(self) -> bool:
+        """Pasted images get their own jittered view (paper Table 11)."""
+        return self.paste and tuple(self.paste_scale_range) != tuple(self.main_scale_range)
+
+
+def scale_occlusion(
+    area: float, box: float | None, image_size: int, reference_size: int
+) -> tuple[float, float | None]:
+    """Occlusion thresholds in pixels of an R x R image -> pixels of the S x S output.
+
+    Returns:
+      (area x (S/R)^2, box x S/R), box None stays None.
+    """
+    ratio = image_size / float(reference_size)
+    area = area * ratio**2
+    if box is not None:
+        box = box * ratio
+    logging.info(
+        "Copy-Paste occlusion thresholds scaled from %d px to %d px images: area %g px, box %s px",
+        reference_size,
+        image_size,
+        area,
+        box,
+    )
+    return area, box
+
+
+@_no_autograph
+def decode_views(
+    index: tf.Tensor, decoded: dict, stream_seed: tf.Tensor, options: ExampleOptions
+) -> tuple:
+    """Jitters one decoded example into its view(s).
+
+    Args:
+      index: int64 [], the example's position in the stream.
+      decoded: a decoded example (`tfcp.data.decoder`), uint8 image [H, W, 3].
+      stream_seed: int64 [2], the stream's seed.
+      options: the stage options.
+
+    Returns:
+      `(example_seed int64 [2], target)`, plus the source view when
+      `options.separate_source_view`; views are S x S (`tfcp.ops.scale_jitter`).
+    """
+    example_seed = tf.random.experimental.stateless_fold_in(stream_seed, index)
+    seeds = tf.random.experimental.stateless_split(example_seed, 3)
+    target = scale_jitter.scale_jitter(
+        decoded,
+        seeds[0],
+        output_size=options.image_size,
+        scale_range=options.main_scale_range,
+        flip_prob=options.flip_prob,
+        pad_value=options.pad_value,
+    )
+    if options.keep_is_pasted:
+        target["groundtruth_is_pasted"] = tf.zeros_like(target["groundtruth_is_crowd"])
+    if not options.separate_source_view:
+        return example_seed, target
+    source = scale_jitter.scale_jitter(
+        {k: v for k, v in decoded.items() if k in SOURCE_KEYS},
+        seeds[1],
+        output_size=options.image_size,
+        scale_range=options.paste_scale_range,
+        flip_prob=options.flip_prob,
+        pad_value=options.pad_value,
+    )
+    return example_seed, target, source
+
+
+@_no_autograph
+def make_targets(example: dict, example_seed: tf.Tensor, options: ExampleOptions) -> tuple:
+    """`(image float32 [S, S, 3], labels)` of one (pasted) view, seeded by `example_seed`."""
+    return targets.maskrcnn_train_targets(
+        example,
+        tf.random.experimental.stateless_fold_in(example_seed, 1),
+        image_size=options.image_size,
+        anchor_config=options.anchor_config,
+        rpn_match_threshold=options.rpn_match_threshold,
+        rpn_unmatched_threshold=options.rpn_unmatched_threshold,
+        rpn_batch_size_per_im=options.rpn_batch_size_per_im,
+        rpn_fg_fraction=options.rpn_fg_fraction,
+        max_num_instances=options.max_num_instances,
+        mask_crop_size=options.mask_crop_size,
+        include_mask=options.include_mask,
+        skip_crowd=options.skip_crowd,
+        keep_is_pasted=options.keep_is_pasted,
+    )
+
+
+def paste_one(target: dict, source: dict, example_seed: tf.Tensor, options: ExampleOptions) -> dict:
+    """Copy-Paste of `source` onto `target` with probability `options.copy_paste_prob`."""
+    paste_seed = tf.random.experimental.stateless_fold_in(example_seed, 2)
+
+    def pasted():
+        return copy_paste_lib.copy_paste(
+            target,
+            source,
+            paste_seed,
+            selection=options.selection,
+            max_num_pasted=options.max_num_pasted,
+            blend_sigma=options.blend_sigma,
+            occluded_area_threshold=options.occluded_area_threshold,
+            occluded_box_threshold=options.occluded_box_threshold,
+            paste_crowd=options.paste_crowd,
+            max_num_instances=options.max_num_instances,
+        )
+
+    if options.copy_paste_prob >= 1.0:
+        return pasted()
+    coin = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(paste_seed, 3))
+    return tf.cond(coin < options.copy_paste_prob, pasted, lambda: dict(target))
+
+
+def _as_source(source: dict, options: ExampleOptions) -> dict:
+    if options.keep_is_pasted:
+        source["groundtruth_is_pasted"] = tf.ones_like(source["groundtruth_is_crowd"])
+    return source
+
+
+@_no_autograph
+def paste_example(
+    example_seed: tf.Tensor,
+    target: dict,
+    source: dict,
+    do_paste: tf.Tensor,
+    *,
+    options: ExampleOptions,
+) -> tuple:
+    """Two sources: pastes the assigned `source` when `do_paste` (bool []), then targets."""
+    source = _as_source(dict(source), options)
+    example = tf.cond(
+        do_paste,
+        lambda: paste_one(target, source, example_seed, options),
+        lambda: dict(target),
+    )
+    return make_targets(example, example_seed, options)
+
+
+@_no_autograph
+def cross_pair(
+    example_seeds: tf.Tensor,
+    pair_targets: dict,
+    pair_sources: dict | None = None,
+    *,
+    options: ExampleOptions,
+) -> tuple:
+    """A pair (leading dim 2) of views: `paste(v0, v1)`, `paste(v1, v0)`, then targets.
+
+    `pair_sources` are the separate source views (None: the targets serve as sources).
+    Returns the two examples' `(image, labels)` stacked along a leading dim of 2.
+    """
+    if pair_sources is None:
+        pair_sources = {k: v for k, v in pair_targets.items() if k in SOURCE_KEYS}
+    outputs = []
+    for k in (0, 1):
+        target = {key: value[k] for key, value in pair_targets.items()}
+        source = _as_source({key: value[1 - k] for key, value in pair_sources.items()}, options)
+        example = paste_one(target, source, example_seeds[k], options)
+        outputs.append(make_targets(example, example_seeds[k], options))
+    return tf.nest.map_structure(lambda a, b: tf.stack([a, b]), outputs[0], outputs[1])
+
+
+def views_stage(
+    decoded: tf.data.Dataset,
+    stream_seed: tf.Tensor,
+    options: ExampleOptions,
+    num_parallel_calls: int,
+) -> tf.data.Dataset:
+    """`(index, decoded example)` elements -> `decode_views` elements, in order."""
+    return decoded.map(
+        lambda index, example: decode_views(index, example, stream_seed, options),
+        num_parallel_calls=num_parallel_calls,
+        deterministic=True,
+    )
+
+
+def examples_stage(
+    dataset: tf.data.Dataset,
+    options: ExampleOptions,
+    *,
+    mixed: bool,
+    drop: int,
+    num_parallel_calls: int,
+) -> tf.data.Dataset:
+    """Views -> unbatched `(image, labels)` training examples.
+
+    Args:
+      dataset: `views_stage` elements, or with `mixed` `tfcp.data.mixed_sources.mix`
+        elements `(example_seed, target, source, do_paste)`.
+      options: the stage options.
+      mixed: two sources (pairs are assigned by `mixed_sources`).
+      drop: leading examples to drop after pairing (`records.read`; one source only).
+      num_parallel_calls: parallelism of the maps.
+    """
+    if mixed and options.paste:
+        return dataset.map(
+            functools.partial(paste_example, options=options),
+            num_parallel_calls=num_parallel_calls,
+            deterministic=True,
+        )
+    if options.paste:
+        dataset = dataset.ragged_batch(2, drop_remainder=True)
+        dataset = dataset.map(
+            functools.partial(cross_pair, options=options),
+            num_parallel_calls=num_parallel_calls,
+            deterministic=True,
+        )
+        return dataset.unbatch().skip(drop)
+    return dataset.map(
+        lambda s, t: make_targets(t, s, options), num_parallel_calls=num_parallel_calls
+    )
