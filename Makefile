@@ -7,7 +7,7 @@ DEMO_DIR ?= demo_out
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install test lint demo self-training-demo bench clean
+.PHONY: install test lint demo self-training-demo lvis-mosaic-demo bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ demo: $(STAMP)
 
 self-training-demo: $(STAMP)
 	bash scripts/self_training_demo.sh self_training_out
+
+lvis-mosaic-demo: $(STAMP)
+	bash scripts/lvis_mosaic_demo.sh lvis_mosaic_out
 
 bench: $(STAMP)
 	$(PY) benchmarks/copy_paste_op.py
