@@ -47,11 +47,48 @@ class SegmentationModelTest(tf.test.TestCase):
             (dict(feature_fusion="deeplabv3plus"), "needs decoder='aspp'"),
             (dict(decoder="aspp", aspp_level=5, head_level=4), "must equal aspp_level"),
             (dict(num_classes=1), "background"),
+            (dict(backbone="dilated_resnet", model_id=50), "decoder='fpn' needs"),
+            (
+                dict(
+                    backbone="dilated_resnet",
+                    model_id=50,
+                    decoder="aspp",
+                    aspp_level=3,
+                    head_level=3,
+                    image_size=64,
+                ),
+                "finer than the dilated",
+            ),
         ]
         for overrides, message in cases:
             kwargs = {"num_classes": 21, "image_size": 64, **overrides}
             with self.assertRaisesRegex(ValueError, message):
                 segmentation.segmentation_model_config(**kwargs)
+
+    def test_dilated_resnet_restores_into_resnet(self):
+        """DeepLabv3's dilated ResNet-50 (output stride 16) has ResNet-50's variables.
+
+        So a backbone pretrained dilated (e.g. CP2) initializes the FPN models' plain ResNet.
+        """
+        common = dict(num_classes=21, image_size=64, model_id=50, use_sync_bn=False)
+        dilated = segmentation.build_segmentation_model(
+            backbone="dilated_resnet", output_stride=16, decoder="aspp", aspp_level=4,
+            head_level=4, decoder_num_filters=16, head_num_filters=16, **common,
+        )  # fmt: skip
+        features = dilated.backbone(tf.zeros([1, 64, 64, 3]))
+        self.assertEqual(sorted(features), ["2", "3", "4"])
+        self.assertEqual(features["4"].shape, (1, 4, 4, 2048))  # stride 16, last stage
+        plain = segmentation.build_segmentation_model(backbone="resnet", **common)
+        for v in dilated.backbone.variables:
+            v.assign(tf.random.stateless_normal(v.shape, [1, len(v.name)]))
+        prefix = tf.train.Checkpoint(backbone=dilated.backbone).write(
+            self.get_temp_dir() + "/dilated"
+        )
+        status = tf.train.Checkpoint(backbone=plain.backbone).read(prefix)
+        status.assert_existing_objects_matched()
+        self.assertEqual(len(plain.backbone.variables), len(dilated.backbone.variables))
+        for a, b in zip(dilated.backbone.variables, plain.backbone.variables, strict=True):
+            self.assertAllEqual(a, b)
 
 
 if __name__ == "__main__":

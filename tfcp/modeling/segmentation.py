@@ -33,15 +33,31 @@ from official.vision.modeling import factory as mg_factory
 
 from tfcp.modeling.factory import image_hw
 
-_BACKBONES = ("resnet", "efficientnet")
+_BACKBONES = ("resnet", "dilated_resnet", "efficientnet")
 _DECODERS = ("fpn", "aspp")
 _FUSIONS = (None, "deeplabv3plus")
 
 
 def _backbone_config(
-    backbone: str, model_id: int | str, stochastic_depth_drop_rate: float, se_ratio: float | None
+    backbone: str,
+    model_id: int | str,
+    stochastic_depth_drop_rate: float,
+    se_ratio: float | None,
+    output_stride: int = 16,
+    multigrid: Sequence[int] | None = None,
 ) -> backbones_cfg.Backbone:
     """The Model Garden backbone config, with `tfcp.modeling.factory`'s se_ratio defaults."""
+    if backbone == "dilated_resnet":
+        return backbones_cfg.Backbone(
+            type="dilated_resnet",
+            dilated_resnet=backbones_cfg.DilatedResNet(
+                model_id=int(model_id),
+                output_stride=int(output_stride),
+                multigrid=None if multigrid is None else [int(m) for m in multigrid],
+                stochastic_depth_drop_rate=stochastic_depth_drop_rate,
+                se_ratio=0.0 if se_ratio is None else se_ratio,
+            ),
+        )
     if backbone == "resnet":
         return backbones_cfg.Backbone(
             type="resnet",
@@ -69,6 +85,8 @@ def segmentation_model_config(
     model_id: int | str = 50,
     stochastic_depth_drop_rate: float = 0.0,
     se_ratio: float | None = None,
+    output_stride: int = 16,
+    multigrid: Sequence[int] | None = None,
     decoder: str = "fpn",
     decoder_num_filters: int = 256,
     decoder_use_separable_conv: bool = False,
@@ -95,9 +113,15 @@ def segmentation_model_config(
       num_classes: number of classes including background (PASCAL VOC: 21).
       image_size: int or (height, width) of the fixed-size input images; multiples of
         2**max_level (FPN) or 2**aspp_level (ASPP).
-      backbone: 'resnet' (`model_id` 18..200) or 'efficientnet' (`model_id` 'b0'..'b7').
+      backbone: 'resnet' (`model_id` 18..200), 'dilated_resnet' (DeepLabv3's ResNet,
+        `model_id` 50..200, last stages dilated to `output_stride`; its variables have the
+        same object paths and shapes as 'resnet''s, so either restores into the other) or
+        'efficientnet' (`model_id` 'b0'..'b7').
       se_ratio: squeeze-excitation ratio; None = 0.25 for EfficientNet, 0 for ResNet
         (as `tfcp.modeling.factory`, so the architectures, hence the checkpoints, match).
+      output_stride, multigrid: 'dilated_resnet' only: output stride (8 or 16; the
+        backbone's last level is then log2(output_stride)) and the multi-grid dilation
+        factors of the last block group (None = 1s).
       decoder: 'fpn' or 'aspp'.
       decoder_num_filters: FPN / ASPP filters.
       min_level, max_level: FPN levels (must equal the pretrained FPN's to restore it).
@@ -134,6 +158,8 @@ def segmentation_model_config(
             )
         if feature_fusion is not None:
             raise ValueError("feature_fusion='deeplabv3plus' needs decoder='aspp'")
+        if backbone == "dilated_resnet":
+            raise ValueError("decoder='fpn' needs backbone 'resnet' or 'efficientnet'")
         stride = 2**max_level
         decoder_config = decoders_cfg.Decoder(
             type="fpn",
@@ -145,6 +171,11 @@ def segmentation_model_config(
         if head_level != aspp_level:
             raise ValueError(f"ASPP: head_level ({head_level}) must equal aspp_level")
         stride = 2**aspp_level
+        if backbone == "dilated_resnet" and 2**aspp_level < output_stride:
+            raise ValueError(
+                f"aspp_level {aspp_level} is finer than the dilated backbone's output "
+                f"stride {output_stride}"
+            )
         min_level, max_level = aspp_level, aspp_level
         decoder_config = decoders_cfg.Decoder(
             type="aspp",
@@ -162,7 +193,9 @@ def segmentation_model_config(
         input_size=[height, width, 3],
         min_level=min_level,
         max_level=max_level,
-        backbone=_backbone_config(backbone, model_id, stochastic_depth_drop_rate, se_ratio),
+        backbone=_backbone_config(
+            backbone, model_id, stochastic_depth_drop_rate, se_ratio, output_stride, multigrid
+        ),
         decoder=decoder_config,
         head=seg_cfg.SegmentationHead(
             level=head_level,
