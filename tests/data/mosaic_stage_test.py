@@ -26,8 +26,7 @@ SMALL = dict(
 CLASSES = ([1, 2], [1, 2], [1, 3], [1, 5], [2, 3], [1, 2, 3])
 
 
-def _record(index: int, classes: list[int]) -> bytes:
-    height, width = 40, 48
+def _record(index: int, classes: list[int], height: int = 40, width: int = 48) -> bytes:
     rng = np.random.default_rng(index)
     image = np.full([height, width, 3], 20 * index, np.uint8)
     boxes, masks = [], []
@@ -60,6 +59,11 @@ class MosaicStageTest(tf.test.TestCase):
         with tf.io.TFRecordWriter(cls.path) as writer:
             for i, classes in enumerate(CLASSES):
                 writer.write(_record(i, list(classes)))
+        # S x S images: jittering them by scale 1 without flip is the identity.
+        cls.square_path = os.path.join(cls._tmp.name, "square-0.tfrecord")
+        with tf.io.TFRecordWriter(cls.square_path) as writer:
+            for i, classes in enumerate(CLASSES):
+                writer.write(_record(i, list(classes), SIZE, SIZE))
 
     @classmethod
     def tearDownClass(cls):
@@ -160,6 +164,62 @@ class MosaicStageTest(tf.test.TestCase):
     def test_mosaic_needs_a_valid_probability(self):
         with self.assertRaisesRegex(ValueError, "mosaic_prob"):
             self._batches(1, mosaic_prob=1.5)
+
+    def test_order_names_are_checked(self):
+        with self.assertRaisesRegex(ValueError, "mosaic_order must be one of"):
+            self._batches(1, mosaic_prob=1.0, mosaic_order="paste_first")
+        with self.assertRaisesRegex(ValueError, "needs Copy-Paste"):
+            self._batches(
+                1, mosaic_prob=1.0, mosaic_order="jitter_paste_mosaic", copy_paste_prob=0.0
+            )
+
+    def test_jitter_first_with_identity_jitter_equals_mosaic_first(self):
+        """With S x S images, scale 1 and no flip, jittering is the identity in either order:
+        the two orders then give the same batches (same mosaic seed, identity re-jitter)."""
+        args = dict(
+            file_pattern=self.square_path, mosaic_prob=0.5, main_scale_range=(1.0, 1.0),
+            flip_prob=0.0, copy_paste_prob=0.0,
+        )  # fmt: skip
+        first = self._batches(4, **args)
+        views = self._batches(4, **args, mosaic_order="jitter_mosaic_paste")
+        self._assert_same(first, views)
+        plain = self._batches(4, **dict(args, mosaic_prob=0.0))
+        self.assertFalse(all(np.array_equal(a[0], b[0]) for a, b in zip(first, plain, strict=True)))
+
+    def test_jitter_first_mosaics_are_not_jittered_again(self):
+        def scales(order):
+            batches = self._batches(
+                3, mosaic_prob=1.0, main_scale_range=(0.5, 0.5), mosaic_order=order,
+                copy_paste_prob=1.0, paste_scale_range=(0.5, 0.5),
+            )  # fmt: skip
+            return np.concatenate([b[1]["image_info"][:, 2] for b in batches])  # [N, 2]
+
+        np.testing.assert_allclose(scales("mosaic_jitter_paste"), 0.5, rtol=1e-6)
+        np.testing.assert_allclose(scales("jitter_mosaic_paste"), 1.0)
+        np.testing.assert_allclose(scales("jitter_paste_mosaic"), 1.0)
+
+    def test_jitter_paste_mosaic_pastes_inside_the_group_once(self):
+        """Each view gets the next image's objects ('all'), the mosaic no more: at most the
+        group's objects are pasted ones; deterministic and resumable."""
+        args = dict(
+            mosaic_prob=1.0, mosaic_order="jitter_paste_mosaic", copy_paste_prob=1.0,
+            selection="all", keep_is_pasted=True, main_scale_range=(0.9, 1.1),
+        )  # fmt: skip
+        first = self._batches(3, **args)
+        self._assert_same(first, self._batches(3, **args))
+        self._assert_same(first[2:], self._batches(1, **args, start_step=2))
+        max_group = 4 * max(len(c) for c in CLASSES)
+        pasted_total = 0
+        for _, labels in first:
+            for classes, is_pasted in zip(
+                labels["gt_classes"], labels["gt_is_pasted"], strict=True
+            ):
+                # In-group pasting adds at most the group's objects; a second paste onto the
+                # mosaic (another mosaic's objects, 'all') would go beyond.
+                pasted = int(is_pasted[classes > 0].sum())
+                self.assertLessEqual(pasted, max_group)
+                pasted_total += pasted
+        self.assertGreater(pasted_total, 0)
 
 
 if __name__ == "__main__":

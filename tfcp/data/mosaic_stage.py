@@ -12,8 +12,24 @@ partners are keyed by the main record's position, a resumed run gets the same pa
 `prob` (seeded by the example's position): the three partners are decoded and checked only
 when the mosaic is drawn, so `prob` < 1 costs no partner decode for the other examples. The
 result has the decoded example's structure, so the rest of the pipeline (scale jitter,
-Copy-Paste, targets) runs unchanged: Balanced Mosaic comes first, then scale jitter, then
-Copy-Paste (mosaic then paste: pasted sources are mosaics too when their example was drawn).
+Copy-Paste, targets) runs unchanged. The order of the three augmentations is `order`:
+
+- 'mosaic_jitter_paste' (default): the mosaic of the four decoded images (pre-transform
+  scale from x_0), then scale jitter of the mosaic, then Copy-Paste onto it (mosaic then
+  paste: pasted sources are mosaics too when their example was drawn).
+- 'jitter_mosaic_paste': each of the four images first gets its own scale jitter (the
+  target range, flip) to S x S, the four views are composed (pre-transform scale 1), the
+  mosaic is not jittered again (`paste_stage.decode_views` sees `VIEWS_FLAG`), then
+  Copy-Paste onto it.
+- 'jitter_paste_mosaic': as above, and each view first gets Copy-Paste from the next image
+  of its group (x_0 <- x_1 <- x_2 <- x_3 <- x_0; with a separate paste jitter range, from
+  that image's own source view), then the four pasted views are composed and the mosaic is
+  not pasted onto again (`paste_stage.paste_one` sees `VIEWS_FLAG`). Four pastes per mosaic;
+  the sources are the partners, drawn by repeat factor.
+
+Seeds of the member views: split(fold_in(mosaic seed, VIEW_SALT), 8), [i] jitters image i's
+view, [4 + i] its source view and seeds its paste; the mosaic itself draws from the same
+seed in every order. Examples not drawn for a mosaic are unchanged in every order.
 
 Bad partner records: with `on_bad_record='raise'` a bad partner stops the input naming it
 like any bad record; with 'skip' the example is kept without mosaic and a warning names the
@@ -31,12 +47,17 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfcp.data import record_policy, records, validation
+from tfcp.data import paste_stage, record_policy, records, validation
 from tfcp.ops import mosaic as mosaic_lib
+from tfcp.ops import scale_jitter
 
 NUM_PARTNERS = 3
 PARTNER_SEED_OFFSET = 0x3051_0000  # the partner stream's seed: seed + this
 _SEED_SALT = 0x3051  # folds the example seed into the mosaic's: other draws stay unchanged
+NUM_IMAGES = mosaic_lib.NUM_IMAGES
+VIEW_SALT = 0x5649  # folds the mosaic seed into its member views' seeds
+ORDERS = ("mosaic_jitter_paste", "jitter_mosaic_paste", "jitter_paste_mosaic")
+VIEWS_FLAG = paste_stage.VIEWS_FLAG
 _counters: tuple[tf.Variable, tf.Variable] | None = None
 
 
@@ -111,18 +132,85 @@ def _like(example: dict[str, tf.Tensor], reference: dict[str, tf.Tensor]) -> dic
     return {key: tf.cast(example[key], value.dtype) for key, value in reference.items()}
 
 
+def without_mosaic(position: tf.Tensor, decoded: dict[str, tf.Tensor]) -> tuple:
+    """A stream without mosaics in the structure of a 'jitter_*' order's (two sources)."""
+    return position, {**decoded, VIEWS_FLAG: tf.constant(False)}
+
+
+def member_views(
+    members: list[dict[str, tf.Tensor]],
+    seed: tf.Tensor,
+    options: paste_stage.ExampleOptions,
+    paste: bool,
+) -> list[dict[str, tf.Tensor]]:
+    """The S x S views of a mosaic's four images for the 'jitter_*' orders.
+
+    Args:
+      members: the four decoded examples (uint8 image [H_i, W_i, 3], masks uint8).
+      seed: int64 [2], the mosaic seed (module docstring).
+      options: the pipeline's stage options (jitter ranges, flip, Copy-Paste settings).
+      paste: paste image (i + 1) % 4 onto view i ('jitter_paste_mosaic').
+
+    Returns:
+      Four examples of the decoded structure at S x S (no `image_info`), pasted if asked
+      (`groundtruth_is_pasted` kept when `options.keep_is_pasted`).
+    """
+    seeds = tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(seed, VIEW_SALT), 2 * NUM_IMAGES
+    )
+
+    def view(example, view_seed, scale_range):
+        out = scale_jitter.scale_jitter(
+            example,
+            view_seed,
+            output_size=options.image_size,
+            scale_range=scale_range,
+            flip_prob=options.flip_prob,
+            pad_value=options.pad_value,
+        )
+        out.pop("image_info")
+        return out
+
+    views = [view(m, seeds[i], options.main_scale_range) for i, m in enumerate(members)]
+    if not paste:
+        return views
+    if options.keep_is_pasted:
+        for v in views:
+            v["groundtruth_is_pasted"] = tf.zeros_like(v["groundtruth_is_crowd"])
+    if options.separate_source_view:
+        sources = [
+            view(
+                {k: v for k, v in m.items() if k in paste_stage.SOURCE_KEYS},
+                seeds[NUM_IMAGES + i],
+                options.paste_scale_range,
+            )
+            for i, m in enumerate(members)
+        ]
+    else:
+        sources = [{k: v for k, v in m.items() if k in paste_stage.SOURCE_KEYS} for m in views]
+    return [
+        paste_stage.paste_one(
+            views[i],
+            paste_stage.as_source(dict(sources[(i + 1) % NUM_IMAGES]), options),
+            seeds[NUM_IMAGES + i],
+            options,
+        )
+        for i in range(NUM_IMAGES)
+    ]
+
+
 def mosaic_stage(
     dataset: tf.data.Dataset,
     *,
     base_seed: tf.Tensor,
     prob: float,
-    output_size: int,
+    options: paste_stage.ExampleOptions,
     on_bad_record: str,
     num_classes: int | None,
+    order: str = ORDERS[0],
     center_range: Sequence[float] = (0.5, 1.5),
     color_jitter: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
     min_visible_area: float = 1.0,
-    pad_value: int = 128,
     num_parallel_calls: int = tf.data.AUTOTUNE,
 ) -> tf.data.Dataset:
     """Balanced Mosaic on `(position, decoded, partner_names, partner_serialized)` elements.
@@ -135,16 +223,29 @@ def mosaic_stage(
         fold_in(fold_in(base_seed, position), salt), so the other augmentations of an
         example draw the same numbers with and without this stage.
       prob: probability of a mosaic per example, in (0, 1].
-      output_size: S, the mosaic is S x S (then scale jitter resizes it as any image).
+      options: the pipeline's stage options: `image_size` S (the mosaic is S x S),
+        `pad_value`, and for the 'jitter_*' orders the jitter and Copy-Paste settings.
       on_bad_record: 'raise' or 'skip' (module docstring).
       num_classes: class id check of the partners (as for the main records).
-      center_range, min_visible_area, pad_value: `tfcp.ops.mosaic.mosaic`'s arguments.
+      order: one of `ORDERS` (module docstring).
+      center_range, min_visible_area: `tfcp.ops.mosaic.mosaic`'s arguments.
       color_jitter: (brightness, contrast, saturation, hue) of the mosaic's post-transform.
       num_parallel_calls: parallelism of the map.
 
     Returns:
-      A dataset of `(position int64 [], decoded dict)`, the decoded structure unchanged.
+      A dataset of `(position int64 [], decoded dict)`: the decoded structure, plus
+      `VIEWS_FLAG` bool [] (True for mosaics) in the 'jitter_*' orders, and
+      `groundtruth_is_pasted` int [N] in 'jitter_paste_mosaic' with
+      `options.keep_is_pasted`.
     """
+    if order not in ORDERS:
+        raise ValueError(f"mosaic_order must be one of {ORDERS}, got {order!r}")
+    if order == "jitter_paste_mosaic" and not options.paste:
+        raise ValueError(
+            "mosaic_order='jitter_paste_mosaic' needs Copy-Paste (copy_paste_prob > 0)"
+        )
+    of_views = order != ORDERS[0]
+    paste_first = order == "jitter_paste_mosaic"
     if not 0.0 < prob <= 1.0:
         raise ValueError(f"mosaic_prob must be in (0, 1] for the mosaic stage, got {prob}")
     if len(color_jitter) != 4:
@@ -154,11 +255,23 @@ def mosaic_stage(
     made, dropped_total = mosaic_counters()
     brightness, contrast, saturation, hue = (float(x) for x in color_jitter)
 
+    def reference(decoded):
+        """The decoded structure of the stage's output (without a mosaic)."""
+        out = dict(decoded)
+        if of_views:
+            out[VIEWS_FLAG] = tf.constant(False)
+        if paste_first and options.keep_is_pasted:
+            out["groundtruth_is_pasted"] = tf.zeros_like(decoded["groundtruth_is_crowd"])
+        return out
+
     def combine(decoded, partners, seed):
+        members = [decoded, *partners]
+        if of_views:
+            members = member_views(members, seed, options, paste_first)
         out, dropped = mosaic_lib.mosaic(
-            [decoded, *partners],
+            members,
             seed,
-            output_size=output_size,
+            output_size=options.image_size,
             center_range=tuple(center_range),
             flip_prob=0.0,  # scale jitter flips every image afterwards
             brightness=brightness,
@@ -166,12 +279,14 @@ def mosaic_stage(
             saturation=saturation,
             hue=hue,
             min_visible_area=min_visible_area,
-            pad_value=pad_value,
+            pad_value=options.pad_value,
         )
+        if of_views:
+            out[VIEWS_FLAG] = tf.constant(True)
         with tf.control_dependencies(
             [made.assign_add(1), dropped_total.assign_add(tf.cast(dropped, tf.int64))]
         ):
-            return {k: tf.identity(v) for k, v in _like(out, decoded).items()}
+            return {k: tf.identity(v) for k, v in _like(out, reference(decoded)).items()}
 
     def make(decoded, names, serialized, seed):
         partners, oks, messages = [], [], []
@@ -197,7 +312,7 @@ def mosaic_stage(
                 "WARNING: no mosaic for this example, bad partner:", bad, output_stream=sys.stderr
             )
             with tf.control_dependencies([warn]):
-                return {k: tf.identity(v) for k, v in decoded.items()}
+                return {k: tf.identity(v) for k, v in reference(decoded).items()}
 
         return tf.cond(all_ok, lambda: combine(decoded, partners, seed), keep_plain)
 
@@ -212,7 +327,7 @@ def mosaic_stage(
         return position, tf.cond(
             coin < prob,
             lambda: make(decoded, names, serialized, op_seed),
-            lambda: {k: tf.identity(v) for k, v in decoded.items()},
+            lambda: {k: tf.identity(v) for k, v in reference(decoded).items()},
         )
 
     return dataset.map(maybe_mosaic, num_parallel_calls=num_parallel_calls, deterministic=True)

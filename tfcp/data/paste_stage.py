@@ -40,6 +40,10 @@ SOURCE_KEYS = (
     "groundtruth_from_pseudo",
 )
 
+# bool []: the example is a Balanced Mosaic of views that were already scale-jittered
+# (and, with mosaic_order 'jitter_paste_mosaic', pasted): see `tfcp.data.mosaic_stage`.
+VIEWS_FLAG = "mosaic_of_views"
+
 # The map functions are plain TF graphs (no Python control flow on tensors); skipping
 # AutoGraph's source conversion of them and of Model Garden's ops saves ~10 s per build.
 _no_autograph = tf.autograph.experimental.do_not_convert
@@ -60,6 +64,7 @@ class ExampleOptions:
         (thresholds in pixels of the S x S output).
       keep_is_pasted: track `groundtruth_is_pasted` into `labels['gt_is_pasted']`
         (only meaningful when pasting).
+      mosaic_order: `tfcp.data.mosaic_stage.ORDERS` entry (matters with Balanced Mosaic).
       anchor_config, rpn_match_threshold, rpn_unmatched_threshold,
         rpn_batch_size_per_im, rpn_fg_fraction, max_num_instances, mask_crop_size,
         include_mask, skip_crowd: `tfcp.data.targets.maskrcnn_train_targets` arguments
@@ -79,6 +84,7 @@ class ExampleOptions:
     occluded_box_threshold: float | None
     paste_crowd: bool
     keep_is_pasted: bool
+    mosaic_order: str
     anchor_config: dict
     rpn_match_threshold: float
     rpn_unmatched_threshold: float
@@ -140,25 +146,45 @@ def decode_views(
     """
     example_seed = tf.random.experimental.stateless_fold_in(stream_seed, index)
     seeds = tf.random.experimental.stateless_split(example_seed, 3)
-    target = scale_jitter.scale_jitter(
-        decoded,
-        seeds[0],
-        output_size=options.image_size,
-        scale_range=options.main_scale_range,
-        flip_prob=options.flip_prob,
-        pad_value=options.pad_value,
-    )
-    if options.keep_is_pasted:
+    decoded = dict(decoded)
+    of_views = decoded.pop(VIEWS_FLAG, None)
+
+    def jitter(example, seed, scale_range):
+        def random():
+            return scale_jitter.scale_jitter(
+                example,
+                seed,
+                output_size=options.image_size,
+                scale_range=scale_range,
+                flip_prob=options.flip_prob,
+                pad_value=options.pad_value,
+            )
+
+        if of_views is None:
+            return random()
+        # A mosaic of jittered views is S x S already: the identity transform.
+        identity = functools.partial(
+            scale_jitter.scale_jitter,
+            example,
+            seed,
+            output_size=options.image_size,
+            scale_range=(1.0, 1.0),
+            flip_prob=0.0,
+            pad_value=options.pad_value,
+        )
+        return tf.cond(of_views, identity, random)
+
+    target = jitter(decoded, seeds[0], options.main_scale_range)
+    if options.keep_is_pasted and "groundtruth_is_pasted" not in target:
         target["groundtruth_is_pasted"] = tf.zeros_like(target["groundtruth_is_crowd"])
+    if of_views is not None and options.paste:
+        target[VIEWS_FLAG] = of_views
     if not options.separate_source_view:
         return example_seed, target
-    source = scale_jitter.scale_jitter(
+    source = jitter(
         {k: v for k, v in decoded.items() if k in SOURCE_KEYS},
         seeds[1],
-        output_size=options.image_size,
-        scale_range=options.paste_scale_range,
-        flip_prob=options.flip_prob,
-        pad_value=options.pad_value,
+        options.paste_scale_range,
     )
     return example_seed, target, source
 
@@ -184,7 +210,20 @@ def make_targets(example: dict, example_seed: tf.Tensor, options: ExampleOptions
 
 
 def paste_one(target: dict, source: dict, example_seed: tf.Tensor, options: ExampleOptions) -> dict:
-    """Copy-Paste of `source` onto `target` with probability `options.copy_paste_prob`."""
+    """Copy-Paste of `source` onto `target` with probability `options.copy_paste_prob`.
+
+    A target carrying `VIEWS_FLAG` (a mosaic of views) is not pasted onto when the flag is
+    True and `options.mosaic_order` is 'jitter_paste_mosaic' (its views were pasted); the
+    flag is removed either way.
+    """
+    target = dict(target)
+    of_views = target.pop(VIEWS_FLAG, None)
+    if of_views is not None and options.mosaic_order == "jitter_paste_mosaic":
+        return tf.cond(
+            of_views,
+            lambda: dict(target),
+            lambda: paste_one(target, source, example_seed, options),
+        )
     paste_seed = tf.random.experimental.stateless_fold_in(example_seed, 2)
 
     def pasted():
@@ -207,7 +246,8 @@ def paste_one(target: dict, source: dict, example_seed: tf.Tensor, options: Exam
     return tf.cond(coin < options.copy_paste_prob, pasted, lambda: dict(target))
 
 
-def _as_source(source: dict, options: ExampleOptions) -> dict:
+def as_source(source: dict, options: ExampleOptions) -> dict:
+    """Marks a paste source's objects as pasted when `options.keep_is_pasted`."""
     if options.keep_is_pasted:
         source["groundtruth_is_pasted"] = tf.ones_like(source["groundtruth_is_crowd"])
     return source
@@ -223,7 +263,11 @@ def paste_example(
     options: ExampleOptions,
 ) -> tuple:
     """Two sources: pastes the assigned `source` when `do_paste` (bool []), then targets."""
-    source = _as_source(dict(source), options)
+    source = as_source(dict(source), options)
+    target = dict(target)
+    of_views = target.pop(VIEWS_FLAG, None)
+    if of_views is not None and options.mosaic_order == "jitter_paste_mosaic":
+        do_paste = tf.logical_and(do_paste, tf.logical_not(of_views))
     example = tf.cond(
         do_paste,
         lambda: paste_one(target, source, example_seed, options),
@@ -250,7 +294,7 @@ def cross_pair(
     outputs = []
     for k in (0, 1):
         target = {key: value[k] for key, value in pair_targets.items()}
-        source = _as_source({key: value[1 - k] for key, value in pair_sources.items()}, options)
+        source = as_source({key: value[1 - k] for key, value in pair_sources.items()}, options)
         example = paste_one(target, source, example_seeds[k], options)
         outputs.append(make_targets(example, example_seeds[k], options))
     return tf.nest.map_structure(lambda a, b: tf.stack([a, b]), outputs[0], outputs[1])

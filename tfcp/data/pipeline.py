@@ -94,6 +94,7 @@ def build_dataset(
     mosaic_center_range: Sequence[float] = (0.5, 1.5),
     mosaic_color_jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1),
     mosaic_min_visible_area: float | None = None,
+    mosaic_order: str = "mosaic_jitter_paste",
     images_per_category: int | None = None,
     classifier_streams: bool = False,
 ) -> tf.data.Dataset:
@@ -179,9 +180,13 @@ def build_dataset(
       paste_from: where pasted objects come from: 'labeled' (ground truth, the paper's
         choice) or 'pseudo'.
       mosaic_prob: training: probability of Balanced Mosaic per example (LVIS 2020
-        challenge report; `tfcp.data.mosaic_stage`), 0 = off. Order: mosaic, then scale
-        jitter, then Copy-Paste. Partners are drawn with p_i proportional to the repeat
-        factors when `repeat_factor_threshold` is set, uniformly otherwise.
+        challenge report; `tfcp.data.mosaic_stage`), 0 = off. Partners are drawn with p_i
+        proportional to the repeat factors when `repeat_factor_threshold` is set,
+        uniformly otherwise.
+      mosaic_order: 'mosaic_jitter_paste' (default: mosaic of the decoded images, scale
+        jitter of the mosaic, Copy-Paste onto it), 'jitter_mosaic_paste' (each image
+        jittered, then the mosaic, then Copy-Paste) or 'jitter_paste_mosaic' (each image
+        jittered and pasted onto, then the mosaic); see `tfcp.data.mosaic_stage`.
       mosaic_center_range: the mosaic centre's range, in units of `image_size`.
       mosaic_color_jitter: (brightness, contrast, saturation, hue) of the mosaic's
         post-transform (`tfcp.ops.mosaic`); zeros = off.
@@ -294,6 +299,7 @@ def build_dataset(
         occluded_box_threshold=occluded_box_threshold,
         paste_crowd=paste_crowd,
         keep_is_pasted=keep_is_pasted and paste,
+        mosaic_order=mosaic_order,
         anchor_config=anchor_config,
         rpn_match_threshold=rpn_match_threshold,
         rpn_unmatched_threshold=rpn_unmatched_threshold,
@@ -328,9 +334,10 @@ def build_dataset(
                 decoded,
                 base_seed=stream_seed,
                 prob=mosaic_prob,
-                output_size=image_size,
+                options=options,
                 on_bad_record=on_bad_record,
                 num_classes=num_classes,
+                order=mosaic_order,
                 center_range=mosaic_center_range,
                 color_jitter=mosaic_color_jitter,
                 min_visible_area=(
@@ -338,9 +345,10 @@ def build_dataset(
                     if mosaic_min_visible_area is None
                     else mosaic_min_visible_area
                 ),
-                pad_value=pad_value,
                 num_parallel_calls=num_parallel_calls,
             )
+        elif mosaic and mosaic_order != mosaic_stage.ORDERS[0]:
+            decoded = decoded.map(mosaic_stage.without_mosaic)  # the pseudo stream's structure
         return paste_stage.views_stage(decoded, stream_seed, options, num_parallel_calls)
 
     if mixed:
