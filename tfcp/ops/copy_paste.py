@@ -37,7 +37,7 @@ MASKS = "groundtruth_instance_masks"
 IS_CROWD = "groundtruth_is_crowd"
 AREA = "groundtruth_area"
 _REQUIRED = (IMAGE, BOXES, CLASSES, MASKS, IS_CROWD)
-_PER_OBJECT_PREFIX = "groundtruth_"
+PER_OBJECT_PREFIX = "groundtruth_"
 SELECTIONS = ("random_subset", "all", "one")
 
 
@@ -157,7 +157,7 @@ def _validate(target, source, selection, max_num_pasted, blend_sigma, thresholds
         if missing:
             raise ValueError(f"copy_paste: {name} lacks required keys {missing}")
     for key in target:
-        if key.startswith(_PER_OBJECT_PREFIX) and key != AREA and key not in source:
+        if key.startswith(PER_OBJECT_PREFIX) and key != AREA and key not in source:
             raise ValueError(
                 f"copy_paste: per-object key {key!r} is in the target but not in the source; "
                 "the pasted objects would have no value for it"
@@ -228,7 +228,7 @@ def copy_paste(
         "occluded_box_threshold": occluded_box_threshold,
     }
     _validate(target, source, selection, max_num_pasted, blend_sigma, thresholds, max_num_instances)
-    per_object = [k for k in target if k.startswith(_PER_OBJECT_PREFIX)]
+    per_object = [k for k in target if k.startswith(PER_OBJECT_PREFIX)]
     target = {
         k: tf.convert_to_tensor(v) if k in per_object or k == IMAGE else v
         for k, v in target.items()

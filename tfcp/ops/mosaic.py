@@ -43,17 +43,16 @@ import tensorflow as tf
 
 from tfcp.ops import blend
 from tfcp.ops import color_jitter as cj
+from tfcp.ops import copy_paste as cp
 from tfcp.ops import packed_masks as pm
 from tfcp.ops import scale_jitter as sj
 
-IMAGE = "image"
-BOXES = "groundtruth_boxes"
-CLASSES = "groundtruth_classes"
-MASKS = "groundtruth_instance_masks"
-IS_CROWD = "groundtruth_is_crowd"
-AREA = "groundtruth_area"
+# The decoded-example keys are Copy-Paste's (one definition of the example structure).
+IMAGE, BOXES, CLASSES, MASKS, IS_CROWD, AREA = (
+    cp.IMAGE, cp.BOXES, cp.CLASSES, cp.MASKS, cp.IS_CROWD, cp.AREA
+)  # fmt: skip
 _REQUIRED = (IMAGE, CLASSES, MASKS, IS_CROWD)
-_PER_OBJECT_PREFIX = "groundtruth_"
+_PER_OBJECT_PREFIX = cp.PER_OBJECT_PREFIX
 _RECOMPUTED = (BOXES, MASKS, AREA)
 _SIZE_KEYS = ("height", "width")
 NUM_IMAGES = 4
