@@ -7,7 +7,7 @@ DEMO_DIR ?= demo_out
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install test lint demo self-training-demo lvis-mosaic-demo bench clean
+.PHONY: install test lint demo self-training-demo lvis-mosaic-demo cp2-demo bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ self-training-demo: $(STAMP)
 
 lvis-mosaic-demo: $(STAMP)
 	bash scripts/lvis_mosaic_demo.sh lvis_mosaic_out
+
+cp2-demo: $(STAMP)
+	bash scripts/cp2_demo.sh cp2_out
 
 bench: $(STAMP)
 	$(PY) benchmarks/copy_paste_op.py

@@ -12,6 +12,7 @@ detection generator settings share a build) to keep the test affordable on CPU.
 import glob
 import json
 import os
+import re
 import sys
 from unittest import mock
 
@@ -55,9 +56,17 @@ def dummy_macros_file(tmp_path_factory):
     return str(path)
 
 
+def _required_macros(path):
+    """Dummy bindings of the macros `path` itself marks `%gin.REQUIRED` (a file cannot be
+    parsed without them, which is the point: e.g. quick tuning's INIT_CHECKPOINT)."""
+    with open(path) as f:
+        names = re.findall(r"^(\w+) = %gin\.REQUIRED", f.read(), flags=re.MULTILINE)
+    return [f"{name} = {DUMMY_MACROS[name]}" for name in names]
+
+
 def _parse(dummy_macros_file, path, bindings=()):
     gin.clear_config()
-    gin_utils.parse_gin([dummy_macros_file, path], list(bindings))
+    gin_utils.parse_gin([dummy_macros_file, path], [*_required_macros(path), *bindings])
 
 
 def _task_reference():

@@ -1,5 +1,7 @@
 """Tests for tfcp.optimization: linear scaling, warm-up + step decay, SGD builder."""
 
+import math
+
 import gin
 import tensorflow as tf
 import tf_keras
@@ -51,6 +53,25 @@ class ScheduleTest(tf.test.TestCase):
     def test_no_warmup(self):
         lr = optimization.WarmupStepDecay(0.1, 0.0, 0, [5])
         self.assertAllClose([float(lr(s)) for s in (0, 4, 5)], [0.1, 0.1, 0.01])
+
+    def test_cosine_schedule_values(self):
+        """CP2 / MoCo v2: 0.015 per 256, lr * 0.5 * (1 + cos(pi t)), per step or per epoch."""
+        lr = optimization.build_cosine_learning_rate(train_steps=100, global_batch_size=512)
+        expected = [0.03 * 0.5 * (1 + math.cos(math.pi * s / 100)) for s in (0, 25, 50, 99, 100)]
+        self.assertAllClose([float(lr(s)) for s in (0, 25, 50, 99, 100)], expected)
+        self.assertAllClose(float(lr(50)), 0.015)
+        per_epoch = optimization.build_cosine_learning_rate(
+            train_steps=100, global_batch_size=256, steps_per_epoch=10
+        )
+        # Constant within an epoch, the reference's adjust_learning_rate at the epoch start.
+        self.assertAllClose(
+            [float(per_epoch(s)) for s in (20, 29)],
+            [0.015 * 0.5 * (1 + math.cos(0.2 * math.pi))] * 2,
+        )
+        warm = optimization.WarmupCosineDecay(0.1, 110, warmup_steps=10)
+        self.assertAllClose([float(warm(s)) for s in (0, 5, 10, 60, 110)], [0, 0.05, 0.1, 0.05, 0])
+        with self.assertRaisesRegex(ValueError, "warmup_steps < train_steps"):
+            optimization.WarmupCosineDecay(0.1, 10, warmup_steps=10)
 
     def test_invalid_arguments(self):
         with self.assertRaisesRegex(ValueError, "increasing"):

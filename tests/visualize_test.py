@@ -301,6 +301,25 @@ class VisualizeTest(tf.test.TestCase):
             self.assertFalse(_framed(t))
             self.assertGreater((t == draw.PSEUDO_COLOR).all(-1).sum(), 100)
 
+    def test_cp2_pairs_mode_draws_query_key_pairs(self):
+        """`--mode=cp2_pairs` (gin_configs/cp2/): query | key tiles of T x (2T + 4), the
+        pasted foreground outlined in yellow on both halves."""
+        output = os.path.join(self._tmp.name, "cp2.png")
+        bindings = [f"TRAIN_FILES = '{self.records}'", "TRAIN_STEPS = 1", "IMAGE_SIZE = 64"]
+        flags.FLAGS.mark_as_parsed()
+        with flagsaver.flagsaver(
+            mode="cp2_pairs", gin_file=["cp2/cp2_tiny.gin"], gin_bindings=bindings,
+            output=output, num_images=4, columns=4, tile_size=96,
+        ):  # fmt: skip
+            visualize.main([])
+        grid = np.asarray(Image.open(output))
+        self.assertEqual(grid.shape, (2 * 96 + 4, 2 * (2 * 96 + 4) + 4, 3))  # 2 x 2 pairs
+        yellow = (grid == (255, 221, 0)).all(-1)
+        for row, col in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            top, left = row * 100, col * 200
+            self.assertGreater(yellow[top : top + 96, left : left + 96].sum(), 40)  # query
+            self.assertGreater(yellow[top : top + 96, left + 100 : left + 196].sum(), 40)  # key
+
     def test_unknown_mode_is_a_usage_error(self):
         flags.FLAGS.mark_as_parsed()
         with flagsaver.flagsaver(mode="nope"):

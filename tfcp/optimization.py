@@ -4,6 +4,7 @@ The paper's recipe (Ghiasi et al. 2021, Sec. 4): SGD with momentum 0.9, weight d
 (applied by the trainer as an L2 term, see `tfcp.trainer`), learning rate 0.32 for a global
 batch of 256 with a linear warm-up over the first 1000 steps, and step decay by 0.1 at
 0.9, 0.95 and 0.975 of training. The learning rate scales linearly with the global batch.
+`build_cosine_learning_rate` is the cosine schedule of MoCo v2 / CP2 pretraining.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import gin
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -128,6 +130,86 @@ def build_learning_rate(
         boundaries=boundaries,
         decay_rate=decay_rate,
     )
+
+
+class WarmupCosineDecay(tf_keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up, then cosine decay to 0 at `train_steps` (MoCo / CP2 schedule).
+
+    lr(step) = lr * step / warmup_steps                                   for step < warmup
+             = lr * 0.5 * (1 + cos(pi * t))                                otherwise,
+    t = (step - warmup) / (train_steps - warmup), or with `steps_per_epoch` the epoch
+    fraction floor(step / steps_per_epoch) * steps_per_epoch / train_steps (the reference's
+    per-epoch `adjust_learning_rate`, constant within an epoch; no warm-up).
+    """
+
+    def __init__(
+        self,
+        learning_rate: float,
+        train_steps: int,
+        warmup_steps: int = 0,
+        steps_per_epoch: int | None = None,
+    ):
+        super().__init__()
+        if train_steps <= 0 or not 0 <= warmup_steps < train_steps:
+            raise ValueError(
+                f"need train_steps > 0 and 0 <= warmup_steps < train_steps, got "
+                f"{train_steps}, {warmup_steps}"
+            )
+        if steps_per_epoch is not None and (steps_per_epoch <= 0 or warmup_steps):
+            raise ValueError("steps_per_epoch must be positive, and excludes a warm-up")
+        self.learning_rate = float(learning_rate)
+        self.train_steps = int(train_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
+
+    def __call__(self, step):
+        """Returns the float32 scalar learning rate for the (int or float) `step`."""
+        step = tf.cast(step, tf.float32)
+        if self.steps_per_epoch:
+            epoch_start = tf.floor(step / self.steps_per_epoch) * self.steps_per_epoch
+            fraction = epoch_start / float(self.train_steps)
+        else:
+            fraction = (step - self.warmup_steps) / float(self.train_steps - self.warmup_steps)
+        fraction = tf.clip_by_value(fraction, 0.0, 1.0)
+        cosine = self.learning_rate * 0.5 * (1.0 + tf.cos(float(np.pi) * fraction))
+        if not self.warmup_steps:
+            return cosine
+        warmup = self.learning_rate * step / float(self.warmup_steps)
+        return tf.where(step < float(self.warmup_steps), warmup, cosine)
+
+    def get_config(self):
+        return {
+            "learning_rate": self.learning_rate,
+            "train_steps": self.train_steps,
+            "warmup_steps": self.warmup_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+        }
+
+
+@gin.configurable(module="tfcp")
+def build_cosine_learning_rate(
+    train_steps: int = gin.REQUIRED,
+    global_batch_size: int = gin.REQUIRED,
+    base_learning_rate: float = 0.015,
+    base_batch_size: int = 256,
+    warmup_steps: int = 0,
+    steps_per_epoch: int | None = None,
+) -> WarmupCosineDecay:
+    """Cosine decay scaled to the global batch (CP2 / MoCo v2: 0.015 per 256, no warm-up).
+
+    Args:
+      train_steps: total number of training steps (lr reaches 0 there).
+      global_batch_size: images per step over all replicas.
+      base_learning_rate: learning rate at `base_batch_size`.
+      base_batch_size: batch size `base_learning_rate` refers to.
+      warmup_steps: optional linear warm-up from 0.
+      steps_per_epoch: if set, the rate is constant within each epoch (the reference).
+
+    Returns:
+      A `WarmupCosineDecay` schedule.
+    """
+    lr = scale_learning_rate(base_learning_rate, base_batch_size, global_batch_size)
+    return WarmupCosineDecay(lr, train_steps, warmup_steps, steps_per_epoch)
 
 
 @gin.configurable(module="tfcp")

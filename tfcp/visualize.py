@@ -22,6 +22,12 @@ and a "pseudo" badge, objects pasted from a pseudo-labeled image are dashed viol
 draws the detections (masks, boxes, class names) of an exported SavedModel
 (export/export_saved_model.py) on image files, via `tfcp.predict`.
 
+  python -m tfcp.visualize --mode=cp2_pairs --gin_file=cp2/cp2_tiny.gin \
+      --gin_bindings="TRAIN_FILES='images/'" --output=cp2_pairs.png --num_images=8
+
+draws CP2 pretraining inputs (gin_configs/cp2/): each tile is the composed query | key pair
+sharing one foreground crop, the pasted foreground outlined in yellow, the background dimmed.
+
 Each mode is a function `(flags) -> uint8 [H, W, 3]` in `MODES`.
 """
 
@@ -205,9 +211,29 @@ def predictions_grid(flags_) -> np.ndarray:
     )
 
 
+def cp2_pairs_grid(flags_) -> np.ndarray:
+    """The `cp2_pairs` mode: composed CP2 query | key pairs of `train/build_cp2_dataset`
+    (gin_configs/cp2/*.gin), the pasted foreground outlined and the background dimmed."""
+    from tfcp.data import cp2_pipeline  # noqa: PLC0415 - only this mode needs it
+    from tfcp.tasks import cp2  # noqa: PLC0415
+
+    kwargs = dict(global_batch_size=flags_.num_images)
+    if flags_.seed is not None:
+        kwargs["seed"] = flags_.seed
+    with gin.config_scope("train"):
+        features, labels = next(iter(cp2_pipeline.build_cp2_dataset(**kwargs)))
+    tiles = cp2.draw_pairs(
+        {k: v.numpy() for k, v in features.items()},
+        {k: v.numpy() for k, v in labels.items()},
+        size=flags_.tile_size or None,
+    )
+    return draw.make_grid(tiles, columns=max(1, flags_.columns // 2))
+
+
 MODES: dict[str, Callable[..., np.ndarray]] = {
     "augmented": augmented_grid,
     "predictions": predictions_grid,
+    "cp2_pairs": cp2_pairs_grid,
 }
 
 

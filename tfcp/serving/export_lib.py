@@ -95,8 +95,11 @@ def model_image_size(model: tf_keras.Model) -> tuple[int, int]:
     return int(shape[1]), int(shape[2])
 
 
-def model_num_classes(model: tf_keras.Model) -> int:
-    """Number of classes (background included) of a Mask R-CNN model."""
+def model_num_classes(model: tf_keras.Model) -> int | None:
+    """Number of classes (background included) of a Mask R-CNN model; None for a model
+    without detection head (e.g. CP2 pretraining, exported as a feature extractor)."""
+    if not hasattr(model, "detection_head"):
+        return None
     return int(model.detection_head[-1].get_config()["num_classes"])
 
 
@@ -236,6 +239,11 @@ def export_model(
     os.makedirs(parent, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
+        if not feature_extractor and not hasattr(model, "detection_head"):
+            raise ValueError(
+                f"{type(model).__name__} has no detection head: export it with "
+                "--feature_extractor (backbone + decoder for fine-tuning)"
+            )
         if feature_extractor:
             feature_extractor_lib.export_feature_extractor(model, tmp_dir, image_size)
             export_info = {"kind": "feature_extractor", "input": "float32 normalized images"}
