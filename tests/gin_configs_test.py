@@ -59,7 +59,7 @@ def dummy_macros_file(tmp_path_factory):
 def _required_macros(path):
     """Dummy bindings of the macros `path` itself marks `%gin.REQUIRED` (a file cannot be
     parsed without them, which is the point: e.g. quick tuning's INIT_CHECKPOINT)."""
-    with open(path) as f:
+    with open(os.path.join(gin_utils.GIN_CONFIGS_DIR, path)) as f:
         names = re.findall(r"^(\w+) = %gin\.REQUIRED", f.read(), flags=re.MULTILINE)
     return [f"{name} = {DUMMY_MACROS[name]}" for name in names]
 
@@ -224,3 +224,44 @@ def test_tiny_copy_paste_configs_scale_the_occlusion_threshold(path, dummy_macro
     assert gin.query_parameter("%IMAGE_SIZE") == 128
     assert gin.query_parameter("train/build_dataset.occluded_area_threshold") == 300.0
     assert gin.query_parameter("train/build_dataset.occlusion_reference_size") == 1024
+
+
+class _Captured(Exception):
+    pass
+
+
+def _segmentation_config(dummy_macros_file, path, builder):
+    """The `segmentation_model_config` that `builder` of `path` asks for (nothing is built)."""
+    from tfcp.modeling import segmentation  # noqa: PLC0415
+
+    _parse(dummy_macros_file, path, ["IMAGE_SIZE = 512"])
+    captured = []
+
+    def capture(*args, **kwargs):
+        captured.append(segmentation_config_fn(*args, **kwargs))
+        raise _Captured
+
+    segmentation_config_fn = segmentation.segmentation_model_config
+    with mock.patch.object(segmentation, "segmentation_model_config", side_effect=capture):
+        with pytest.raises(_Captured):
+            builder()
+    return captured[0]
+
+
+def test_cp2_r50_pretraining_matches_the_voc_deeplabv3_finetuning(dummy_macros_file):
+    """The CP2 ResNet-50 configs pretrain exactly the backbone + ASPP that
+    voc/segmentation_r50_aspp_os16.gin fine-tunes (so both restore from the export)."""
+    from tfcp.modeling import cp2, segmentation  # noqa: PLC0415
+
+    voc = _segmentation_config(
+        dummy_macros_file,
+        "voc/segmentation_r50_aspp_os16.gin",
+        segmentation.build_segmentation_model,
+    )
+    for path in ("cp2/cp2_r50_aspp_os16_200ep.gin", "cp2/cp2_r50_aspp_os16_quick_tuning.gin"):
+        pretrain = _segmentation_config(dummy_macros_file, path, cp2.build_cp2_model)
+        assert pretrain.backbone.as_dict() == voc.backbone.as_dict(), path
+        assert pretrain.decoder.aspp.as_dict() | {"dropout_rate": 0.0} == (
+            voc.decoder.aspp.as_dict() | {"dropout_rate": 0.0}
+        ), path
+        assert pretrain.norm_activation.use_sync_bn
