@@ -313,10 +313,10 @@ class VisualizeTest(tf.test.TestCase):
         ):  # fmt: skip
             visualize.main([])
         grid = np.asarray(Image.open(output))
-        self.assertEqual(grid.shape, (2 * 96 + 4, 2 * (2 * 96 + 4) + 4, 3))  # 2 x 2 pairs
+        self.assertEqual(grid.shape, (2 * 96 + 12, 2 * (2 * 96 + 4) + 12, 3))  # 2 x 2 pairs
         yellow = (grid == (255, 221, 0)).all(-1)
         for row, col in ((0, 0), (0, 1), (1, 0), (1, 1)):
-            top, left = row * 100, col * 200
+            top, left = row * 108, col * 208
             self.assertGreater(yellow[top : top + 96, left : left + 96].sum(), 40)  # query
             self.assertGreater(yellow[top : top + 96, left + 100 : left + 196].sum(), 40)  # key
 

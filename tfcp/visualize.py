@@ -227,7 +227,7 @@ def cp2_pairs_grid(flags_) -> np.ndarray:
         {k: v.numpy() for k, v in labels.items()},
         size=flags_.tile_size or None,
     )
-    return draw.make_grid(tiles, columns=max(1, flags_.columns // 2))
+    return draw.make_grid(tiles, columns=max(1, flags_.columns // 2), gap=12)  # pairs apart
 
 
 MODES: dict[str, Callable[..., np.ndarray]] = {
