@@ -184,6 +184,13 @@ class CP2TaskTest(tf.test.TestCase):
             self.assertAllEqual(a, b)
         for a, b in zip(fresh_fpn, voc.decoder.variables, strict=True):
             self.assertAllEqual(a, b)
+        # The training checkpoint works directly too: its shortest `backbone/` is the query's.
+        voc_from_checkpoint = task.build_model()
+        task.initialize(voc_from_checkpoint, self.model_dir)
+        for a, b in zip(
+            trained.backbone.variables, voc_from_checkpoint.backbone.variables, strict=True
+        ):
+            self.assertAllEqual(a, b)
         gin.clear_config()
 
         # Quick tuning: a CP2 run initialized from that export starts with query = key = it.
