@@ -7,7 +7,7 @@ DEMO_DIR ?= demo_out
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install test lint demo self-training-demo lvis-mosaic-demo cp2-demo bench clean
+.PHONY: install test lint demo self-training-demo lvis-mosaic-demo cp2-demo bench bench-peers clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/export_latency.py
 	$(PY) benchmarks/resume_latency.py
 	$(PY) benchmarks/data_service.py
+
+# tfcp's Copy-Paste op vs MMDetection 3.3's CopyPaste (own venv, built once); never in `make test`.
+bench-peers: $(STAMP)
+	PYTHON=$(PYTHON) bash benchmarks/peers/setup_mmdet.sh
+	$(PY) benchmarks/peer_copy_paste.py $(BENCH_PEERS_FLAGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) *.egg-info

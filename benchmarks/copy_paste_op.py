@@ -28,6 +28,7 @@ tf.config.threading.set_inter_op_parallelism_threads(1)
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+from synthetic_pairs import make_example  # noqa: E402  (benchmarks/, this script's dir)
 
 from tfcp.ops import copy_paste as cp  # noqa: E402
 
@@ -44,30 +45,6 @@ _DYNAMIC = flags.DEFINE_bool(
     "None for H and W in the input_signature too (default: static H, W and unknown N, as after "
     "scale jittering to a fixed output size in the input pipeline).",
 )
-
-
-def make_example(rng: np.random.Generator, size: int) -> dict:
-    """One synthetic example: uint8 image, Poisson(7) elliptical uint8 masks, tight boxes."""
-    n = int(np.clip(rng.poisson(7), 1, 40))
-    masks = np.zeros([n, size, size], np.uint8)
-    boxes = np.zeros([n, 4], np.float32)
-    yy, xx = np.arange(size)[:, None], np.arange(size)[None, :]
-    for i in range(n):
-        dy, dx = rng.uniform(10, 400, size=2)
-        cy, cx = rng.uniform(0, size, size=2)
-        inside = ((yy - cy) / (dy / 2)) ** 2 + ((xx - cx) / (dx / 2)) ** 2 <= 1.0
-        masks[i] = inside
-        rows, cols = np.nonzero(inside.any(1))[0], np.nonzero(inside.any(0))[0]
-        boxes[i] = [rows[0], cols[0], rows[-1] + 1, cols[-1] + 1]
-    boxes /= size
-    return {
-        "image": rng.integers(0, 256, [size, size, 3], dtype=np.uint8),
-        "groundtruth_boxes": boxes,
-        "groundtruth_classes": rng.integers(1, 81, [n]).astype(np.int64),
-        "groundtruth_instance_masks": masks,
-        "groundtruth_is_crowd": np.zeros([n], bool),
-        "groundtruth_area": masks.sum((1, 2)).astype(np.float32),
-    }
 
 
 def _timed(fn) -> tuple[float, float]:
