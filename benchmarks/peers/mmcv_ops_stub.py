@@ -1,7 +1,9 @@
 """Stand-in for `mmcv.ops` in the MMDetection peer venv (mmcv-lite ships no compiled ops).
 
-mmdet 3.3 imports `mmcv.ops` (and submodules such as `mmcv.ops.roi_align`) at module level,
-but mmcv-lite has no `mmcv/ops`. The CopyPaste transform never calls an op from it, so
+mmdet 3.3 imports `mmcv.ops` (and submodules such as `mmcv.ops.roi_align`) at module level.
+mmcv-lite ships the Python files of `mmcv/ops` but not the compiled extension `mmcv._ext`
+they load, so that import fails (`No module named 'mmcv._ext'`). The CopyPaste transform
+never calls an op from it, so
 `setup_mmdet.sh` copies this file into the venv's site-packages as `_mmcv_ops_stub.py` and
 adds `_mmcv_ops_stub.pth` (one line, `import _mmcv_ops_stub`), which registers the finder
 below at interpreter start-up. Neither mmcv nor mmdet is edited.

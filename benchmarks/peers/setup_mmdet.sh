@@ -9,9 +9,10 @@
 #                      GB; it still runs on the CPU).
 #
 # Pins: mmdet 3.3.0, mmcv-lite 2.1.0 (mmdet 3.3 needs mmcv < 2.2), mmengine 0.10.7, numpy < 2
-# (mmcv 2.1 predates numpy 2). mmcv-lite has no compiled `mmcv.ops`, which mmdet imports at
-# module level: mmcv_ops_stub.py is copied into the venv as `_mmcv_ops_stub.py` and loaded by
-# `_mmcv_ops_stub.pth` at start-up (see that file); mmcv and mmdet are not edited.
+# (mmcv 2.1 predates numpy 2). mmdet imports `mmcv.ops` at module level, which fails under
+# mmcv-lite (no compiled `mmcv._ext`): mmcv_ops_stub.py is copied into the venv as
+# `_mmcv_ops_stub.py` and loaded by `_mmcv_ops_stub.pth` at start-up (see that file); mmcv and
+# mmdet are not edited. CopyPaste is imported as `mmdet.datasets.transforms.CopyPaste`.
 # A finished venv is skipped: it holds a stamp named after the hash of this script and the stub.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
