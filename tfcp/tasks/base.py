@@ -12,11 +12,29 @@ interface.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import Any
 
+import gin
 import numpy as np
 import tensorflow as tf
 import tf_keras
+
+
+def scoped_dataset(
+    builder: Callable[..., tf.data.Dataset],
+    is_training: bool,
+    input_context: tf.distribute.InputContext | None,
+    start_step: int,
+) -> tf.data.Dataset:
+    """Calls a gin-configured dataset builder in gin scope 'train' or 'eval'.
+
+    Training passes `start_step` (exact resume); evaluation builders take no such argument.
+    The `build_inputs` of every tfcp task.
+    """
+    with gin.config_scope("train" if is_training else "eval"):
+        kwargs = {"start_step": start_step} if is_training else {}
+        return builder(is_training=is_training, input_context=input_context, **kwargs)
 
 
 class Task(abc.ABC):

@@ -129,11 +129,9 @@ class CP2Task(base.Task):
     ) -> tf.data.Dataset:
         from tfcp.data import cp2_pipeline  # noqa: PLC0415 - only needed here
 
-        with gin.config_scope("train" if is_training else "eval"):
-            kwargs = {"start_step": start_step} if is_training else {}
-            return cp2_pipeline.build_cp2_dataset(
-                is_training=is_training, input_context=input_context, **kwargs
-            )
+        return base.scoped_dataset(
+            cp2_pipeline.build_cp2_dataset, is_training, input_context, start_step
+        )
 
     def trainable_variables(self, model: tf_keras.Model) -> list[tf.Variable]:
         """The query encoder's variables (the key encoder follows by momentum)."""

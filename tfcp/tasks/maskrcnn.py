@@ -98,11 +98,7 @@ class MaskRCNNTask(base.Task):
     ) -> tf.data.Dataset:
         from tfcp.data import pipeline  # noqa: PLC0415 - heavy, and only needed here
 
-        with gin.config_scope("train" if is_training else "eval"):
-            kwargs = {"start_step": start_step} if is_training else {}
-            return pipeline.build_dataset(
-                is_training=is_training, input_context=input_context, **kwargs
-            )
+        return base.scoped_dataset(pipeline.build_dataset, is_training, input_context, start_step)
 
     # ----------------------------------------------------------------------- losses
     def build_losses(

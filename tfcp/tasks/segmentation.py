@@ -174,11 +174,9 @@ class SegmentationTask(base.Task):
     ) -> tf.data.Dataset:
         from tfcp.data import segmentation_pipeline  # noqa: PLC0415 - only needed here
 
-        with gin.config_scope("train" if is_training else "eval"):
-            kwargs = {"start_step": start_step} if is_training else {}
-            return segmentation_pipeline.build_segmentation_dataset(
-                is_training=is_training, input_context=input_context, **kwargs
-            )
+        return base.scoped_dataset(
+            segmentation_pipeline.build_segmentation_dataset, is_training, input_context, start_step
+        )
 
     def build_losses(
         self, model: tf_keras.Model, features: Any, labels: Any, training: bool

@@ -27,7 +27,7 @@ import tf_keras
 from tfcp.data import pipeline
 from tfcp.modeling import factory, losses
 from tfcp.ops import scale_jitter
-from tfcp.tasks import maskrcnn
+from tfcp.tasks import base, maskrcnn
 
 
 @gin.configurable
@@ -192,11 +192,9 @@ class VocDetectionTask(maskrcnn.MaskRCNNTask):
         input_context: tf.distribute.InputContext | None = None,
         start_step: int = 0,
     ) -> tf.data.Dataset:
-        with gin.config_scope("train" if is_training else "eval"):
-            kwargs = {"start_step": start_step} if is_training else {}
-            return build_voc_detection_dataset(
-                is_training=is_training, input_context=input_context, **kwargs
-            )
+        return base.scoped_dataset(
+            build_voc_detection_dataset, is_training, input_context, start_step
+        )
 
     def validation_step(self, model: tf_keras.Model, features: Any, labels: Any) -> dict[str, Any]:
         """`MaskRCNNTask.validation_step` plus the ground truth the VOC metric needs.
