@@ -4,12 +4,12 @@
 # a feature extractor, then VOC 2012 segmentation fine-tuning (voc/segmentation_tiny.gin)
 # initialized from it and, for comparison, from scratch; mIoU on the val images of each.
 # Usage: bash scripts/cp2_demo.sh OUT_DIR [PRETRAIN_STEPS] [FINETUNE_STEPS] [SEEDS]
-#   (a finished run is not repeated; defaults 1500, 1000, "0")
+#   (a finished run is not repeated; defaults 1500, 1000, "0 1 2")
 set -euo pipefail
 OUT=${1:-cp2_out}
 PRETRAIN_STEPS=${2:-1500}
 FINETUNE_STEPS=${3:-1000}
-SEEDS=${4:-0}
+SEEDS=${4:-0 1 2}
 PY=${PY:-.venv/bin/python}
 D=$OUT/data
 mkdir -p "$OUT"
