@@ -36,8 +36,9 @@ VARIANTS = ("model_garden", "tfcp_no_cp", "tfcp_cp")
 NUM_RECORDS = 64
 
 
-def write_records(path: str, num: int, seed: int = 0) -> float:
-    """Writes `num` COCO-like examples; returns the mean number of instances per image."""
+def write_records(path: str, num: int, seed: int = 0, mean_instances: float = 7.0) -> float:
+    """Writes `num` COCO-like examples (1 + Poisson(mean_instances - 1) instances, at most
+    40; 7 is COCO-like, ~30 crowded); returns the mean number of instances per image."""
     import tensorflow as tf
     from PIL import Image
 
@@ -51,7 +52,7 @@ def write_records(path: str, num: int, seed: int = 0) -> float:
         for i in range(num):
             base = rng.integers(0, 255, [height // 16, width // 16, 3], dtype=np.uint8)
             image = np.asarray(Image.fromarray(base).resize((width, height)), np.uint8).copy()
-            n = int(np.clip(rng.poisson(6) + 1, 1, 40))
+            n = int(np.clip(rng.poisson(mean_instances - 1) + 1, 1, 40))
             masks, boxes = [], []
             for _ in range(n):
                 cy, cx = rng.uniform(0, height), rng.uniform(0, width)
