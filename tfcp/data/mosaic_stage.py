@@ -49,7 +49,6 @@ import tensorflow as tf
 
 from tfcp.data import paste_stage, record_policy, records, validation
 from tfcp.ops import mosaic as mosaic_lib
-from tfcp.ops import scale_jitter
 
 NUM_PARTNERS = 3
 PARTNER_SEED_OFFSET = 0x3051_0000  # the partner stream's seed: seed + this
@@ -160,14 +159,7 @@ def member_views(
     )
 
     def view(example, view_seed, scale_range):
-        out = scale_jitter.scale_jitter(
-            example,
-            view_seed,
-            output_size=options.image_size,
-            scale_range=scale_range,
-            flip_prob=options.flip_prob,
-            pad_value=options.pad_value,
-        )
+        out = paste_stage.jitter_view(example, view_seed, options, scale_range)
         out.pop("image_info")
         return out
 
@@ -179,15 +171,11 @@ def member_views(
             v["groundtruth_is_pasted"] = tf.zeros_like(v["groundtruth_is_crowd"])
     if options.separate_source_view:
         sources = [
-            view(
-                {k: v for k, v in m.items() if k in paste_stage.SOURCE_KEYS},
-                seeds[NUM_IMAGES + i],
-                options.paste_scale_range,
-            )
+            view(paste_stage.source_part(m), seeds[NUM_IMAGES + i], options.paste_scale_range)
             for i, m in enumerate(members)
         ]
     else:
-        sources = [{k: v for k, v in m.items() if k in paste_stage.SOURCE_KEYS} for m in views]
+        sources = [paste_stage.source_part(m) for m in views]
     return [
         paste_stage.paste_one(
             views[i],

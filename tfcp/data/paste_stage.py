@@ -128,6 +128,40 @@ def scale_occlusion(
     return area, box
 
 
+def jitter_view(
+    example: dict,
+    seed: tf.Tensor,
+    options: ExampleOptions,
+    scale_range: Sequence[float],
+    flip_prob: float | None = None,
+) -> dict:
+    """`tfcp.ops.scale_jitter.scale_jitter` of one example to its S x S view with the stage's
+    output size, padding and (unless `flip_prob` is given) flip probability."""
+    return scale_jitter.scale_jitter(
+        example,
+        seed,
+        output_size=options.image_size,
+        scale_range=scale_range,
+        flip_prob=options.flip_prob if flip_prob is None else flip_prob,
+        pad_value=options.pad_value,
+    )
+
+
+def source_part(example: dict) -> dict:
+    """The `SOURCE_KEYS` entries of an example: what a paste source needs."""
+    return {k: v for k, v in example.items() if k in SOURCE_KEYS}
+
+
+def _take_views_flag(target: dict, options: ExampleOptions) -> tuple[dict, tf.Tensor | None]:
+    """`target` without `VIEWS_FLAG`, and bool [] "already pasted, paste no more" (a mosaic of
+    pasted views, mosaic_order 'jitter_paste_mosaic'), or None when that cannot be."""
+    target = dict(target)
+    of_views = target.pop(VIEWS_FLAG, None)
+    if options.mosaic_order != "jitter_paste_mosaic":
+        return target, None
+    return target, of_views
+
+
 @_no_autograph
 def decode_views(
     index: tf.Tensor, decoded: dict, stream_seed: tf.Tensor, options: ExampleOptions
@@ -150,28 +184,11 @@ def decode_views(
     of_views = decoded.pop(VIEWS_FLAG, None)
 
     def jitter(example, seed, scale_range):
-        def random():
-            return scale_jitter.scale_jitter(
-                example,
-                seed,
-                output_size=options.image_size,
-                scale_range=scale_range,
-                flip_prob=options.flip_prob,
-                pad_value=options.pad_value,
-            )
-
+        random = functools.partial(jitter_view, example, seed, options, scale_range)
         if of_views is None:
             return random()
         # A mosaic of jittered views is S x S already: the identity transform.
-        identity = functools.partial(
-            scale_jitter.scale_jitter,
-            example,
-            seed,
-            output_size=options.image_size,
-            scale_range=(1.0, 1.0),
-            flip_prob=0.0,
-            pad_value=options.pad_value,
-        )
+        identity = functools.partial(jitter_view, example, seed, options, (1.0, 1.0), 0.0)
         return tf.cond(of_views, identity, random)
 
     target = jitter(decoded, seeds[0], options.main_scale_range)
@@ -181,11 +198,7 @@ def decode_views(
         target[VIEWS_FLAG] = of_views
     if not options.separate_source_view:
         return example_seed, target
-    source = jitter(
-        {k: v for k, v in decoded.items() if k in SOURCE_KEYS},
-        seeds[1],
-        options.paste_scale_range,
-    )
+    source = jitter(source_part(decoded), seeds[1], options.paste_scale_range)
     return example_seed, target, source
 
 
@@ -216,11 +229,10 @@ def paste_one(target: dict, source: dict, example_seed: tf.Tensor, options: Exam
     True and `options.mosaic_order` is 'jitter_paste_mosaic' (its views were pasted); the
     flag is removed either way.
     """
-    target = dict(target)
-    of_views = target.pop(VIEWS_FLAG, None)
-    if of_views is not None and options.mosaic_order == "jitter_paste_mosaic":
+    target, pasted_views = _take_views_flag(target, options)
+    if pasted_views is not None:
         return tf.cond(
-            of_views,
+            pasted_views,
             lambda: dict(target),
             lambda: paste_one(target, source, example_seed, options),
         )
@@ -264,10 +276,9 @@ def paste_example(
 ) -> tuple:
     """Two sources: pastes the assigned `source` when `do_paste` (bool []), then targets."""
     source = as_source(dict(source), options)
-    target = dict(target)
-    of_views = target.pop(VIEWS_FLAG, None)
-    if of_views is not None and options.mosaic_order == "jitter_paste_mosaic":
-        do_paste = tf.logical_and(do_paste, tf.logical_not(of_views))
+    target, pasted_views = _take_views_flag(target, options)
+    if pasted_views is not None:
+        do_paste = tf.logical_and(do_paste, tf.logical_not(pasted_views))
     example = tf.cond(
         do_paste,
         lambda: paste_one(target, source, example_seed, options),
@@ -290,7 +301,7 @@ def cross_pair(
     Returns the two examples' `(image, labels)` stacked along a leading dim of 2.
     """
     if pair_sources is None:
-        pair_sources = {k: v for k, v in pair_targets.items() if k in SOURCE_KEYS}
+        pair_sources = source_part(pair_targets)
     outputs = []
     for k in (0, 1):
         target = {key: value[k] for key, value in pair_targets.items()}
