@@ -44,7 +44,12 @@ def color(index: int) -> tuple[int, int, int]:
 
 
 def unnormalize_image(image: np.ndarray) -> np.ndarray:
-    """Undoes `preprocess_ops.normalize_image`: float [H, W, 3] -> uint8 [H, W, 3]."""
+    """Undoes `preprocess_ops.normalize_image`: float [H, W, 3] -> uint8 [H, W, 3].
+
+    uint8 images (the training pipeline's, normalized only by the model) come back as they are.
+    """
+    if np.asarray(image).dtype == np.uint8:
+        return np.asarray(image)
     image = np.asarray(image, np.float32) * STDDEV_NORM + MEAN_NORM
     return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
 

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 from official.vision.dataloaders import maskrcnn_input, tf_example_decoder
 
-from tfcp.data import pipeline, schema
+from tfcp.data import pipeline, schema, targets
 
 SIZE = 64
 CROWD_CLASS = 9
@@ -100,13 +100,16 @@ class PipelineTest(tf.test.TestCase):
         labels = {k: v for k, v in all_labels.items() if k != "num_truncated_instances"}
         tf.nest.assert_same_structure(mg_labels, labels)
         self.assertEqual(images.shape, [2, *mg_image.shape])
-        self.assertEqual(images.dtype, mg_image.dtype)
+        # uint8 images: the model normalizes them (targets.normalize_images) exactly as MG.
+        self.assertEqual(images.dtype, tf.uint8)
+        self.assertEqual(targets.normalize_images(images).dtype, mg_image.dtype)
         flat_mg = tf.nest.flatten(mg_labels)
         for path, (mg, ours) in enumerate(zip(flat_mg, tf.nest.flatten(labels), strict=True)):
             self.assertEqual(ours.shape, [2, *mg.shape], path)
             self.assertEqual(ours.dtype, mg.dtype, path)
         # Normalized like Model Garden's: gray padding 128 -> (128/255 - mean) / std.
-        self.assertLess(float(tf.reduce_max(tf.abs(images))), 3.0)
+        normalized = targets.normalize_images(images)
+        self.assertLess(float(tf.reduce_max(tf.abs(normalized))), 3.0)
         # Anchors are Model Garden's, identical for every image.
         for level, anchors in labels["anchor_boxes"].items():
             self.assertAllClose(anchors[0], mg_labels["anchor_boxes"][level])

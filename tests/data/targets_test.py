@@ -91,6 +91,25 @@ def positive_anchors(labels):
     return np.concatenate(found)
 
 
+class NormalizeImagesTest(tf.test.TestCase):
+    def test_uint8_is_normalized_as_model_garden_and_float_passes(self):
+        gray = tf.fill([2, 4, 4, 3], tf.constant(128, tf.uint8))
+        normalized = targets.normalize_images(gray)
+        self.assertEqual(normalized.dtype, tf.float32)
+        expected = (128.0 / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array(
+            [0.229, 0.224, 0.225]
+        )
+        self.assertAllClose(normalized[1, 3, 2], expected, atol=1e-6)
+        already = tf.random.stateless_normal([1, 4, 4, 3], [1, 2])
+        self.assertIs(targets.normalize_images(already), already)
+
+    def test_train_targets_keep_the_uint8_image(self):
+        example = crowded_example(3, 0)
+        image, _ = make_targets("eager", example)
+        self.assertEqual(image.dtype, np.uint8)
+        self.assertAllEqual(image, example["image"])
+
+
 class TruncationTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.parameters("eager", "dataset", "function")
     def test_120_objects_give_100_targets_positives_for_those_and_count_20(self, mode):

@@ -30,7 +30,7 @@ def eval_dataset(
     partial). `dataset` holds serialized records; the other arguments are build_dataset's.
 
     Returns:
-      A dataset of `(images float32 [B, S, S, 3], labels)` with `image_info`,
+      A dataset of `(images uint8 [B, S, S, 3], labels)` with `image_info`,
       `anchor_boxes` and `groundtruths` (plus `groundtruths['difficult']` int32 [B, K]
       with `include_difficult`).
     """

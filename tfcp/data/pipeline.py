@@ -15,7 +15,10 @@ position in the (seeded) shuffled stream, so batches are identical for any
 Output structures are those of Model Garden's `maskrcnn_input.Parser`: training
 `(images, labels)` with `anchor_boxes`, `image_info`, `rpn_score_targets`, `rpn_box_targets`,
 `gt_boxes`, `gt_classes`, `gt_outer_boxes`, `gt_masks`; eval `(images, labels)` with
-`image_info`, `anchor_boxes`, `groundtruths`.
+`image_info`, `anchor_boxes`, `groundtruths`. One difference: the images are uint8, not
+normalized float32 (the task normalizes them in its step with Model Garden's
+`normalize_image`: `targets.normalize_images`), a quarter of the bytes through batching,
+prefetch, the tf.data service and the host-to-device copy.
 """
 
 from __future__ import annotations
@@ -202,7 +205,8 @@ def build_dataset(
         `images_per_category`.
 
     Returns:
-      A `tf.data.Dataset` of `(images float32 [B, S, S, 3], labels)`, see the module doc.
+      A `tf.data.Dataset` of `(images uint8 [B, S, S, 3], labels)`, see the module doc (the
+      task normalizes the images: `targets.normalize_images`).
 
     Raises:
       ValueError: on a pattern matching no file or inconsistent settings.

@@ -3,9 +3,9 @@
 `maskrcnn_train_targets` produces exactly what `official.vision.dataloaders.maskrcnn_input.
 Parser._parse_train_data` returns (and what Model Garden's Mask R-CNN model and losses take),
 from an example already jittered to its output size. Anchors, anchor matching and box
-encoding are Model Garden's; only the RPN positive/negative subsampling is replaced by a
-stateless equivalent so that the same seed gives the same targets under any tf.data
-parallelism (Model Garden's sampler calls the stateful `tf.random.shuffle`).
+encoding follow Model Garden's rule (`tfcp.data.anchor_labeling`, computed in a cheaper layout);
+only the RPN positive/negative subsampling is replaced by a stateless equivalent so that the
+same seed gives the same targets under any tf.data parallelism.
 """
 
 from __future__ import annotations
@@ -16,52 +16,27 @@ import tensorflow as tf
 from official.vision.dataloaders import utils as dataloader_utils
 from official.vision.ops import anchor, preprocess_ops
 
+from tfcp.data import anchor_labeling
 
-def _stateless_subsample(indicator: tf.Tensor, num_samples: tf.Tensor, seed: tf.Tensor):
-    """Picks `min(num_samples, count)` true entries of bool [A] `indicator` uniformly at random.
 
-    Random keys + top-k: O(A log k), no shuffle of all candidate indices.
+def normalize_images(images: tf.Tensor) -> tf.Tensor:
+    """The model's input from the pipeline's images: uint8 -> normalized float32.
+
+    The pipeline hands images over as uint8 (a quarter of the bytes of float32 through
+    batching, prefetch, the tf.data service and the host-to-device copy); the task normalizes
+    them inside its step, on the accelerator, with exactly Model Garden's
+    `preprocess_ops.normalize_image` (ImageNet MEAN_NORM / STDDEV_NORM).
+
+    Args:
+      images: uint8 [..., H, W, 3], or float [..., H, W, 3] already normalized (returned
+        unchanged).
+
+    Returns:
+      float32 [..., H, W, 3] normalized images (float input keeps its dtype).
     """
-    keys = tf.random.stateless_uniform(tf.shape(indicator), seed)
-    keys = tf.where(indicator, keys, -1.0)
-    k = tf.minimum(tf.cast(num_samples, tf.int32), tf.size(indicator))
-    values, indices = tf.math.top_k(keys, k=k, sorted=False)
-    picked = tf.boolean_mask(indices, values >= 0.0)
-    return tf.scatter_nd(
-        tf.cast(picked[:, None], tf.int64),
-        tf.ones_like(picked, tf.bool),
-        tf.shape(indicator, out_type=tf.int64),
-    )
-
-
-class StatelessRpnAnchorLabeler(anchor.RpnAnchorLabeler):
-    """Model Garden's `RpnAnchorLabeler` with stateless (seeded) fg/bg subsampling.
-
-    The sampling rule is the one of `BalancedPositiveNegativeSampler(is_static=False)`: up
-    to `fg_fraction * batch_size` positives, then `batch_size - num_positives` negatives,
-    each chosen uniformly at random.
-    """
-
-    def __init__(self, seed: tf.Tensor, **kwargs):
-        super().__init__(**kwargs)
-        self._seed = tf.cast(seed, tf.int64)
-
-    def _get_rpn_samples(self, match_results):
-        pos_seed, neg_seed = tf.unstack(tf.random.experimental.stateless_split(self._seed, 2))
-        indicator = tf.greater(match_results, -2)
-        labels = tf.greater(match_results, -1)
-        max_pos = int(self._rpn_fg_fraction * self._rpn_batch_size_per_im)
-        positives = _stateless_subsample(tf.logical_and(labels, indicator), max_pos, pos_seed)
-        num_pos = tf.reduce_sum(tf.cast(positives, tf.int32))
-        negatives = _stateless_subsample(
-            tf.logical_and(tf.logical_not(labels), indicator),
-            self._rpn_batch_size_per_im - num_pos,
-            neg_seed,
-        )
-        positive_labels = 2 * tf.cast(positives, tf.int32)
-        negative_labels = tf.cast(negatives, tf.int32)
-        score_targets = positive_labels + negative_labels - 1
-        return score_targets, positive_labels, negative_labels
+    if images.dtype != tf.uint8:
+        return images
+    return preprocess_ops.normalize_image(images)
 
 
 def anchor_boxes(
@@ -127,7 +102,7 @@ def maskrcnn_train_targets(
         [K] and `is_pseudo` bool [] in its labels.
 
     Returns:
-      `image` float32 [S, S, 3] normalized with MEAN_NORM/STDDEV_NORM, and labels:
+      `image` uint8 [S, S, 3] (the model normalizes it: `normalize_images`), and labels:
       `anchor_boxes` {level: [h, w, A*4]}, `image_info` [4, 2], `rpn_score_targets`
       {level: [h, w, A]} int32, `rpn_box_targets` {level: [h, w, A*4]}, `gt_boxes` float32
       [K, 4] in output pixels padded with -1, `gt_classes` [K] padded with -1,
@@ -145,9 +120,9 @@ def maskrcnn_train_targets(
     boxes = tf.gather(boxes, keep)
     classes = tf.gather(classes, keep)
 
-    image = preprocess_ops.normalize_image(example["image"])
+    image = example["image"]
     anchors = anchor_boxes(image_size, **anchor_config)
-    labeler = StatelessRpnAnchorLabeler(
+    labeler = anchor_labeling.StatelessRpnAnchorLabeler(
         seed,
         match_threshold=rpn_match_threshold,
         unmatched_threshold=rpn_unmatched_threshold,
@@ -217,7 +192,8 @@ def maskrcnn_eval_targets(
         expects (COCO image ids); False keeps the string (e.g. VOC file stems).
 
     Returns:
-      `image` float32 [S, S, 3] normalized, and labels {`image_info` [4, 2],
+      `image` uint8 [S, S, 3] (the model normalizes it: `normalize_images`), and labels
+      {`image_info` [4, 2],
       `anchor_boxes`, `groundtruths`: {`source_id`, `height`, `width`, `num_detections`,
       `boxes` [K, 4] original-image pixels (padded -1), `classes` [K] (-1), `areas` [K]
       (-1), `is_crowds` int32 [K] (0)}}.
@@ -244,4 +220,4 @@ def maskrcnn_eval_targets(
         "anchor_boxes": anchor_boxes(image_size, **anchor_config),
         "groundtruths": groundtruths,
     }
-    return preprocess_ops.normalize_image(image), labels
+    return image, labels

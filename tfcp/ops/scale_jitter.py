@@ -9,9 +9,10 @@ over the valid range. Randomness is stateless (`seed` int [2]).
 
 Everything is applied consistently to the image, the normalized boxes (clipped to the crop,
 degenerate objects removed together with all their per-object fields), and the instance
-masks. Masks stay uint8: they are resized by nearest-neighbour gathers of only the rows and
-columns that land inside the crop, never through a full-resolution float32 copy. Areas are
-recomputed from the jittered masks.
+masks. Masks stay uint8: only the objects whose box lands inside the crop are resized, by
+nearest-neighbour gathers of only the rows and columns that land inside the crop, never
+through a full-resolution float32 copy. Areas are recomputed from the jittered masks (uint8
+masks must hold 0/1, as `tfcp.data.decoder` emits them).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import tensorflow as tf
+
+from tfcp.ops import packed_masks
 
 DEFAULT_PAD_VALUE = 128
 LSJ_SCALE_RANGE = (0.1, 2.0)
@@ -61,6 +64,27 @@ def _gather_rows_cols(masks: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor) -> tf.
         lambda: _gather_columns(tf.gather(masks, rows, axis=1), cols),
         lambda: tf.gather(_gather_columns(masks, cols), rows, axis=1),
     )
+
+
+def _mask_areas(masks: tf.Tensor) -> tf.Tensor:
+    """float32 [N] pixel counts of 0/1 masks [N, H, W] (uint8: packed, no float copy)."""
+    if masks.dtype == tf.uint8:
+        counts = packed_masks.row_counts(masks)
+        return tf.cast(tf.reduce_sum(counts, axis=1), tf.float32)
+    return tf.reduce_sum(tf.cast(masks, tf.float32), axis=[1, 2])
+
+
+def _gather_objects(example: dict[str, tf.Tensor], keep: tf.Tensor) -> dict[str, tf.Tensor]:
+    """`example` with only the objects of bool [N] `keep` (every `groundtruth_*` field);
+    unchanged (no copy) when all are kept."""
+    per_object = {k: v for k, v in example.items() if k.startswith("groundtruth_")}
+    indices = tf.where(keep)[:, 0]
+    kept = tf.cond(
+        tf.reduce_all(keep),
+        lambda: per_object,
+        lambda: {k: tf.gather(v, indices) for k, v in per_object.items()},
+    )
+    return {**example, **kept}
 
 
 def _transform(
@@ -124,27 +148,23 @@ def _transform(
     output["image"] = out_image
     out_hw = tf.constant(output_size * 2, tf.float32)
     output[_BOXES] = boxes / out_hw
+    if _MASKS not in example:
+        output[_AREA] = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    # Objects outside the crop window go before their masks are resized.
+    output = _gather_objects(output, keep)
 
     if _MASKS in example:
-        masks = example[_MASKS]
         rows = _nearest_indices(offset[0], content_hw[0], image_scale[0], image_hw[0])
         cols = _nearest_indices(offset[1], content_hw[1], image_scale[1], image_hw[1])
         cols = tf.cond(flip, lambda: tf.reverse(cols, axis=[0]), lambda: cols)
-        masks = _gather_rows_cols(masks, rows, cols)
+        masks = _gather_rows_cols(output[_MASKS], rows, cols)
         masks = tf.pad(masks, [[0, 0]] + paddings[:2])
         masks.set_shape([None, output_size[0], output_size[1]])
         output[_MASKS] = masks
-        area = tf.reduce_sum(tf.cast(masks, tf.float32), axis=[1, 2])
+        area = _mask_areas(masks)
+        output[_AREA] = area
         if drop_empty:
-            keep = tf.logical_and(keep, area > 0)
-    else:
-        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    output[_AREA] = area
-
-    indices = tf.where(keep)[:, 0]
-    for key, value in output.items():
-        if key.startswith("groundtruth_"):
-            output[key] = tf.gather(value, indices)
+            output = _gather_objects(output, area > 0)
     output["image_info"] = tf.stack([image_size, desired, image_scale, tf.cast(offset, tf.float32)])
     return output
 

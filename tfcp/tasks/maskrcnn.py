@@ -18,6 +18,7 @@ import tf_keras
 from absl import logging
 from official.vision.ops import preprocess_ops
 
+from tfcp.data import targets
 from tfcp.modeling import double_classifier, factory, freeze, losses, postprocess
 from tfcp.modeling import init_checkpoint as init_checkpoint_lib
 from tfcp.tasks import base
@@ -108,7 +109,8 @@ class MaskRCNNTask(base.Task):
 
         Args:
           model: the model from `build_model`.
-          features: float [B, H, W, 3] normalized images.
+          features: uint8 [B, H, W, 3] images of the pipeline (normalized here, on the
+            accelerator: `tfcp.data.targets.normalize_images`), or float normalized ones.
           labels: train labels of the parser (anchor_boxes, image_info,
             rpn_score_targets, rpn_box_targets, gt_boxes, gt_classes, gt_masks); a
             double-classifier model (`factory.build_maskrcnn(double_classifier=True)`) also
@@ -136,7 +138,7 @@ class MaskRCNNTask(base.Task):
         }
         if props["include_mask"]:
             model_kwargs["gt_masks"] = labels["gt_masks"]
-        outputs = model(features, **model_kwargs)
+        outputs = model(targets.normalize_images(features), **model_kwargs)
         outputs = tf.nest.map_structure(lambda x: tf.cast(x, tf.float32), outputs)
         result = losses.maskrcnn_losses(
             outputs,
@@ -155,7 +157,7 @@ class MaskRCNNTask(base.Task):
 
     # ------------------------------------------------------------------- evaluation
     def validation_step(self, model: tf_keras.Model, features: Any, labels: Any) -> dict[str, Any]:
-        """Inference forward pass.
+        """Inference forward pass (uint8 images are normalized first, as in `build_losses`).
 
         Returns:
           dict with `source_id` [B], `image_info` float32 [B, 4, 2], `detection_boxes`
@@ -166,7 +168,7 @@ class MaskRCNNTask(base.Task):
         """
         image_info = labels["image_info"]
         outputs = model(
-            features,
+            targets.normalize_images(features),
             anchor_boxes=labels["anchor_boxes"],
             image_shape=image_info[:, 1, :],
             training=False,
@@ -272,9 +274,10 @@ class MaskRCNNTask(base.Task):
         """
         n = self._num_sample_images
         images = tf.cast(features[:n], tf.float32)
-        images = images * tf.constant(preprocess_ops.STDDEV_RGB) + tf.constant(
-            preprocess_ops.MEAN_RGB
-        )
+        if features.dtype != tf.uint8:  # normalized float images
+            images = images * tf.constant(preprocess_ops.STDDEV_RGB) + tf.constant(
+                preprocess_ops.MEAN_RGB
+            )
         height = tf.cast(tf.shape(images)[1], tf.float32)
         width = tf.cast(tf.shape(images)[2], tf.float32)
         if outputs is not None and "detection_boxes" in outputs:
