@@ -93,7 +93,7 @@ class PipelineTest(tf.test.TestCase):
             tf.constant(self.records[0])
         )
         mg_image, mg_labels = parser.parse_fn(is_training=True)(decoded)
-        images, all_labels = self._batches(1)[0]
+        images, all_labels = self._batches(1, include_anchor_boxes=True)[0]
         # tfcp adds one label: objects cut at max_num_instances (counted, never silent).
         truncated = all_labels["num_truncated_instances"]
         self.assertEqual((truncated.shape, truncated.dtype), ((2,), tf.int32))
@@ -113,6 +113,21 @@ class PipelineTest(tf.test.TestCase):
         # Anchors are Model Garden's, identical for every image.
         for level, anchors in labels["anchor_boxes"].items():
             self.assertAllClose(anchors[0], mg_labels["anchor_boxes"][level])
+
+    def test_anchor_boxes_are_left_to_the_model_by_default(self):
+        (_, default), (_, with_anchors) = (
+            self._batches(1, **kw)[0] for kw in ({}, {"include_anchor_boxes": True})
+        )
+        self.assertNotIn("anchor_boxes", default)
+        self.assertEqual(set(with_anchors) - set(default), {"anchor_boxes"})
+        for key in default:  # everything else is the same batch
+            tf.nest.map_structure(self.assertAllEqual, default[key], with_anchors[key])
+        (_, eval_labels), (_, eval_with) = (
+            list(pipeline.build_dataset(**dict(SMALL, file_pattern=self.pattern,
+                 global_batch_size=2, is_training=False, **kw)).take(1))[0]
+            for kw in ({}, {"include_anchor_boxes": True})
+        )  # fmt: skip
+        self.assertEqual(set(eval_with) - set(eval_labels), {"anchor_boxes"})
 
     def test_targets_are_consistent(self):
         for _, labels in self._batches(3):

@@ -49,6 +49,7 @@ def make_targets(mode, example, **kwargs):
         max_num_instances=100,
         mask_crop_size=8,
         keep_is_pasted=True,
+        include_anchor_boxes=True,
         **ALL_POSITIVES,
         **kwargs,
     )

@@ -9,6 +9,7 @@ import tensorflow as tf
 import tf_keras
 from official.vision.dataloaders import maskrcnn_input
 from official.vision.modeling.heads import instance_heads
+from official.vision.ops import preprocess_ops
 
 from tfcp.modeling import factory
 from tfcp.tasks import base
@@ -154,6 +155,23 @@ class MaskRCNNTaskTest(tf.test.TestCase):
         history = [float(step()) for _ in range(12)]
         self.assertTrue(np.all(np.isfinite(history)), history)
         self.assertLess(np.mean(history[-3:]), 0.8 * np.mean(history[:3]), history)
+
+    def test_uint8_images_without_anchor_boxes_give_the_same_detections(self):
+        # tfcp's pipeline: uint8 images, no anchor_boxes (the model makes both itself).
+        images, labels = batch(False)
+        raw = tf.random.stateless_uniform(images.shape, [5, 6], 0, 256, tf.int32)
+        raw = tf.cast(raw, tf.uint8)
+        normalized = preprocess_ops.normalize_image(raw)
+        reference = self.task.validation_step(self.model, normalized, labels)
+        lean = {k: v for k, v in labels.items() if k != "anchor_boxes"}
+        outputs = self.task.validation_step(self.model, raw, lean)
+        tf.nest.map_structure(self.assertAllEqual, outputs, reference)
+        # The model's own anchors are the pipeline's: identical RPN outputs (never empty).
+        shape = labels["image_info"][:, 1, :]
+        given = self.model(normalized, image_shape=shape, anchor_boxes=labels["anchor_boxes"])
+        generated = self.model(normalized, image_shape=shape, anchor_boxes=None)
+        for key in ("rpn_boxes", "rpn_scores"):
+            tf.nest.map_structure(self.assertAllEqual, generated[key], given[key])
 
     def test_validation_step_maps_boxes_to_original_pixels(self):
         # A 256 x 256 original resized to 128: image_info scale is 0.5.

@@ -22,6 +22,7 @@ def eval_dataset(
     numeric_source_id,
     include_difficult,
     num_parallel_calls,
+    include_anchor_boxes=False,
 ):
     """The eval batches of `tfcp.data.pipeline.build_dataset(is_training=False)`.
 
@@ -30,9 +31,9 @@ def eval_dataset(
     partial). `dataset` holds serialized records; the other arguments are build_dataset's.
 
     Returns:
-      A dataset of `(images uint8 [B, S, S, 3], labels)` with `image_info`,
-      `anchor_boxes` and `groundtruths` (plus `groundtruths['difficult']` int32 [B, K]
-      with `include_difficult`).
+      A dataset of `(images uint8 [B, S, S, 3], labels)` with `image_info` and
+      `groundtruths` (`anchor_boxes` too with `include_anchor_boxes`; plus
+      `groundtruths['difficult']` int32 [B, K] with `include_difficult`).
     """
 
     @_no_autograph
@@ -59,6 +60,7 @@ def eval_dataset(
             anchor_config=anchor_config,
             max_num_instances=max_num_instances,
             numeric_source_id=numeric_source_id,
+            include_anchor_boxes=include_anchor_boxes,
         )
         if include_difficult:
             labels["groundtruths"]["difficult"] = preprocess_ops.clip_or_pad_to_fixed_size(

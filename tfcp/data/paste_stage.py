@@ -67,8 +67,9 @@ class ExampleOptions:
       mosaic_order: `tfcp.data.mosaic_stage.ORDERS` entry (matters with Balanced Mosaic).
       anchor_config, rpn_match_threshold, rpn_unmatched_threshold,
         rpn_batch_size_per_im, rpn_fg_fraction, max_num_instances, mask_crop_size,
-        include_mask, skip_crowd: `tfcp.data.targets.maskrcnn_train_targets` arguments
-        (`max_num_instances` also caps the objects Copy-Paste keeps).
+        include_mask, skip_crowd, include_anchor_boxes:
+        `tfcp.data.targets.maskrcnn_train_targets` arguments (`max_num_instances` also caps
+        the objects Copy-Paste keeps).
     """
 
     image_size: int
@@ -94,6 +95,7 @@ class ExampleOptions:
     mask_crop_size: int
     include_mask: bool
     skip_crowd: bool
+    include_anchor_boxes: bool = False
 
     @property
     def paste(self) -> bool:
@@ -204,7 +206,7 @@ def decode_views(
 
 @_no_autograph
 def make_targets(example: dict, example_seed: tf.Tensor, options: ExampleOptions) -> tuple:
-    """`(image float32 [S, S, 3], labels)` of one (pasted) view, seeded by `example_seed`."""
+    """`(image uint8 [S, S, 3], labels)` of one (pasted) view, seeded by `example_seed`."""
     return targets.maskrcnn_train_targets(
         example,
         tf.random.experimental.stateless_fold_in(example_seed, 1),
@@ -219,6 +221,7 @@ def make_targets(example: dict, example_seed: tf.Tensor, options: ExampleOptions
         include_mask=options.include_mask,
         skip_crowd=options.skip_crowd,
         keep_is_pasted=options.keep_is_pasted,
+        include_anchor_boxes=options.include_anchor_boxes,
     )
 
 

@@ -13,12 +13,13 @@ position in the (seeded) shuffled stream, so batches are identical for any
 `num_parallel_calls`.
 
 Output structures are those of Model Garden's `maskrcnn_input.Parser`: training
-`(images, labels)` with `anchor_boxes`, `image_info`, `rpn_score_targets`, `rpn_box_targets`,
-`gt_boxes`, `gt_classes`, `gt_outer_boxes`, `gt_masks`; eval `(images, labels)` with
-`image_info`, `anchor_boxes`, `groundtruths`. One difference: the images are uint8, not
-normalized float32 (the task normalizes them in its step with Model Garden's
+`(images, labels)` with `image_info`, `rpn_score_targets`, `rpn_box_targets`, `gt_boxes`,
+`gt_classes`, `gt_outer_boxes`, `gt_masks`; eval `(images, labels)` with `image_info`,
+`groundtruths`. Two differences, both to save host time and memory: the images are uint8,
+not normalized float32 (the task normalizes them in its step with Model Garden's
 `normalize_image`: `targets.normalize_images`), a quarter of the bytes through batching,
-prefetch, the tf.data service and the host-to-device copy.
+prefetch, the tf.data service and the host-to-device copy; and `anchor_boxes` (the same for
+every image) are left out unless `include_anchor_boxes` (the model generates them).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def build_dataset(
     rpn_batch_size_per_im: int = 256,
     rpn_fg_fraction: float = 0.5,
     include_mask: bool = True,
+    include_anchor_boxes: bool = False,
     numeric_source_id: bool = True,
     skip_difficult_during_training: bool = False,
     include_difficult: bool = False,
@@ -138,6 +140,10 @@ def build_dataset(
       rpn_match_threshold, rpn_unmatched_threshold, rpn_batch_size_per_im,
         rpn_fg_fraction: RPN anchor labeling.
       include_mask: produce mask targets (training).
+      include_anchor_boxes: also put `anchor_boxes` in the labels, as Model Garden's parser
+        does. Off by default: they are the same for every image (4 MB per 1024 px
+        example through batching and buffers) and the task's model generates them from
+        its own config (`anchor_boxes=None`).
       numeric_source_id: eval `groundtruths.source_id` as int64 (COCO image ids, what Model
         Garden's COCO evaluator takes); False keeps the string.
       skip_difficult_during_training: training: drop difficult objects (VOC's
@@ -284,6 +290,7 @@ def build_dataset(
             max_num_instances=max_num_instances,
             numeric_source_id=numeric_source_id,
             include_difficult=include_difficult,
+            include_anchor_boxes=include_anchor_boxes,
             num_parallel_calls=num_parallel_calls,
         )
 
@@ -313,6 +320,7 @@ def build_dataset(
         mask_crop_size=mask_crop_size,
         include_mask=include_mask,
         skip_crowd=skip_crowd_during_training,
+        include_anchor_boxes=include_anchor_boxes,
     )
 
     def views(records_dataset, stream_seed=base_seed, with_mosaic=False):

@@ -74,6 +74,7 @@ def maskrcnn_train_targets(
     include_mask: bool = True,
     skip_crowd: bool = True,
     keep_is_pasted: bool = False,
+    include_anchor_boxes: bool = False,
 ) -> tuple[tf.Tensor, dict]:
     """Builds `(image, labels)` like `maskrcnn_input.Parser._parse_train_data`.
 
@@ -100,14 +101,19 @@ def maskrcnn_train_targets(
       keep_is_pasted: also output `gt_is_pasted` bool [K] (for visualization). An example
         with the source flags of two training sources always gets `gt_from_pseudo` bool
         [K] and `is_pseudo` bool [] in its labels.
+      include_anchor_boxes: also output `anchor_boxes` (Model Garden's parser does). They
+        are the same for every image, 4 MB per 1024 px example to batch and hold in
+        buffers; without them the model generates its anchors from its own config
+        (`MaskRCNNModel` with `anchor_boxes=None`, as the task calls it).
 
     Returns:
       `image` uint8 [S, S, 3] (the model normalizes it: `normalize_images`), and labels:
-      `anchor_boxes` {level: [h, w, A*4]}, `image_info` [4, 2], `rpn_score_targets`
+      `image_info` [4, 2], `rpn_score_targets`
       {level: [h, w, A]} int32, `rpn_box_targets` {level: [h, w, A*4]}, `gt_boxes` float32
       [K, 4] in output pixels padded with -1, `gt_classes` [K] padded with -1,
       `num_truncated_instances` int32 [] (objects cut beyond K), and with masks
-      `gt_outer_boxes` [K, 4] and `gt_masks` float32 [K, M, M] padded with -1.
+      `gt_outer_boxes` [K, 4] and `gt_masks` float32 [K, M, M] padded with -1; with
+      `include_anchor_boxes` also `anchor_boxes` {level: [h, w, A*4]}.
     """
     boxes = example["groundtruth_boxes"] * float(image_size)
     classes = example["groundtruth_classes"]
@@ -133,7 +139,6 @@ def maskrcnn_train_targets(
         anchors, boxes, tf.cast(classes[:, None], tf.float32)
     )
     labels = {
-        "anchor_boxes": anchors,
         "image_info": example["image_info"],
         "rpn_score_targets": score_targets,
         "rpn_box_targets": box_targets,
@@ -154,6 +159,8 @@ def maskrcnn_train_targets(
         )[..., 0]
         labels["gt_outer_boxes"] = labels["gt_boxes"]
         labels["gt_masks"] = preprocess_ops.clip_or_pad_to_fixed_size(masks, max_num_instances, -1)
+    if include_anchor_boxes:
+        labels["anchor_boxes"] = anchors
     if keep_is_pasted:
         is_pasted = tf.gather(example["groundtruth_is_pasted"], keep)
         labels["gt_is_pasted"] = preprocess_ops.clip_or_pad_to_fixed_size(
@@ -178,6 +185,7 @@ def maskrcnn_eval_targets(
     anchor_config: dict,
     max_num_instances: int = 100,
     numeric_source_id: bool = True,
+    include_anchor_boxes: bool = False,
 ) -> tuple[tf.Tensor, dict]:
     """Builds `(image, labels)` like `maskrcnn_input.Parser._parse_eval_data`.
 
@@ -190,11 +198,11 @@ def maskrcnn_eval_targets(
       max_num_instances: K, the padded number of ground-truth objects.
       numeric_source_id: convert `source_id` to int64 as Model Garden's COCO evaluator
         expects (COCO image ids); False keeps the string (e.g. VOC file stems).
+      include_anchor_boxes: also output `anchor_boxes` (see `maskrcnn_train_targets`).
 
     Returns:
       `image` uint8 [S, S, 3] (the model normalizes it: `normalize_images`), and labels
-      {`image_info` [4, 2],
-      `anchor_boxes`, `groundtruths`: {`source_id`, `height`, `width`, `num_detections`,
+      {`image_info` [4, 2], `groundtruths`: {`source_id`, `height`, `width`, `num_detections`,
       `boxes` [K, 4] original-image pixels (padded -1), `classes` [K] (-1), `areas` [K]
       (-1), `is_crowds` int32 [K] (0)}}.
     """
@@ -215,9 +223,7 @@ def maskrcnn_eval_targets(
         "is_crowds": tf.cast(decoded["groundtruth_is_crowd"], tf.int32),
     }
     groundtruths = dataloader_utils.pad_groundtruths_to_fixed_size(groundtruths, max_num_instances)
-    labels = {
-        "image_info": image_info,
-        "anchor_boxes": anchor_boxes(image_size, **anchor_config),
-        "groundtruths": groundtruths,
-    }
+    labels = {"image_info": image_info, "groundtruths": groundtruths}
+    if include_anchor_boxes:
+        labels["anchor_boxes"] = anchor_boxes(image_size, **anchor_config)
     return image, labels

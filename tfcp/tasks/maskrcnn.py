@@ -111,7 +111,7 @@ class MaskRCNNTask(base.Task):
           model: the model from `build_model`.
           features: uint8 [B, H, W, 3] images of the pipeline (normalized here, on the
             accelerator: `tfcp.data.targets.normalize_images`), or float normalized ones.
-          labels: train labels of the parser (anchor_boxes, image_info,
+          labels: train labels of the parser (optional anchor_boxes, image_info,
             rpn_score_targets, rpn_box_targets, gt_boxes, gt_classes, gt_masks); a
             double-classifier model (`factory.build_maskrcnn(double_classifier=True)`) also
             needs `classifier_stream` int32 [B] (0: the image trains head a, 1: head b).
@@ -131,7 +131,8 @@ class MaskRCNNTask(base.Task):
         props = factory.model_properties(model)
         model_kwargs = {
             "image_shape": labels["image_info"][:, 1, :],
-            "anchor_boxes": labels["anchor_boxes"],
+            # None (tfcp's pipeline): the model generates its own anchors.
+            "anchor_boxes": labels.get("anchor_boxes"),
             "gt_boxes": labels["gt_boxes"],
             "gt_classes": labels["gt_classes"],
             "training": True,
@@ -169,7 +170,7 @@ class MaskRCNNTask(base.Task):
         image_info = labels["image_info"]
         outputs = model(
             targets.normalize_images(features),
-            anchor_boxes=labels["anchor_boxes"],
+            anchor_boxes=labels.get("anchor_boxes"),
             image_shape=image_info[:, 1, :],
             training=False,
         )
