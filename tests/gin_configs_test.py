@@ -4,11 +4,21 @@ Each file under gin_configs/ is parsed on its own with dummy values for the shar
 macros it leaves undefined (DESIGN.md: TRAIN_FILES, EVAL_FILES, ...). When it selects a
 task (`Trainer.task`), the task is created and its model built; a file that binds
 `build_maskrcnn` without a task builds that model. Model Garden configs are validated at
-the file's own IMAGE_SIZE, then each distinct architecture is built once at 128 px (the
-graph does not depend on the size; configs differing only in the number of classes or the
-detection generator settings share a build) to keep the test affordable on CPU.
+the file's own IMAGE_SIZE (and detection generator), then each distinct architecture is
+built once at 128 px to keep the test affordable on CPU:
+  * the graph does not depend on the size; configs differing only in the number of classes
+    or the detection generator settings share a build;
+  * the detection generator is built with `nms_version='batched'` (one NMS op): Model
+    Garden's default 'v2' unrolls one NMS per class, half of a COCO build's time and, with
+    LVIS's 1204 classes, 200 s and 4.5 GB per build (the tiny models' e2e tests build and
+    run the 'v2' generator);
+  * a double-classifier model gets its `DoubleDetectionHead`s on the cached single-head
+    model of the same architecture (`double_classifier.with_double_heads`, as
+    `factory.build_from_config(double_classifier=True)` does on the unbuilt model).
+The cache is dropped (and the Keras session cleared) when the module's tests are done.
 """
 
+import gc
 import glob
 import json
 import os
@@ -19,9 +29,10 @@ from unittest import mock
 import gin
 import pytest
 import tensorflow as tf
+import tf_keras
 
 from tfcp import gin_utils
-from tfcp.modeling import factory
+from tfcp.modeling import double_classifier, factory, freeze
 
 ALL_GIN_FILES = sorted(
     glob.glob(os.path.join(gin_utils.GIN_CONFIGS_DIR, "**", "*.gin"), recursive=True)
@@ -97,21 +108,45 @@ class _ModelCache:
         self.built = {}
         self._build = factory.build_from_config
 
-    def build(self, model_config, l2_weight_decay=0.0, **kwargs):
-        # The image size does not change the graph's structure.
-        model_config = model_config.replace(input_size=[TEST_IMAGE_SIZE, TEST_IMAGE_SIZE, 3])
+    def build(self, model_config, l2_weight_decay=0.0, double_classifier=False):
+        # The image size and the NMS version do not change the layers (module docstring).
+        model_config = model_config.replace(
+            input_size=[TEST_IMAGE_SIZE, TEST_IMAGE_SIZE, 3],
+            detection_generator=model_config.detection_generator.replace(nms_version="batched"),
+        )
         fields = model_config.as_dict()
         for name in SHARED_BUILD_FIELDS:
             fields.pop(name, None)
-        key = json.dumps([fields, kwargs], sort_keys=True, default=str)
+        key = json.dumps([fields, l2_weight_decay], sort_keys=True, default=str)
         if key not in self.built:
-            self.built[key] = self._build(model_config, l2_weight_decay, **kwargs)
-        return self.built[key]
+            self.built[key] = self._build(model_config, l2_weight_decay)
+        model = self.built[key]
+        if double_classifier:
+            model = self._double(model, model_config.input_size)
+        return model
+
+    @staticmethod
+    def _double(single, input_size):
+        """The double-classifier twin of the built single-head `single` (shared layers)."""
+        double = double_classifier.with_double_heads(single)
+        double(tf_keras.Input(input_size), image_shape=tf_keras.layers.Input([2]), training=False)
+        assert double_classifier.is_double(double)
+        heads = factory.model_properties(double)["num_detection_heads"]
+        # Head b adds a kernel and a bias to each detection head; nothing else is new.
+        assert len(double.variables) == len(single.variables) + 2 * heads
+        return double
+
+    def clear(self):
+        self.built.clear()
+        tf_keras.backend.clear_session()
+        gc.collect()
 
 
 @pytest.fixture(scope="module")
 def model_cache():
-    return _ModelCache()
+    cache = _ModelCache()
+    yield cache
+    cache.clear()  # some GB of models and graphs; no later module needs them
 
 
 @pytest.fixture(autouse=True)
@@ -175,6 +210,20 @@ def test_gin_file_parses_and_builds(path, model_cache, dummy_macros_file):
         else:
             model = factory.build_maskrcnn()
     assert len(model.variables) > 0, f"{path}: the model has no variables"
+    if binds_builder:
+        double = _query("build_maskrcnn.double_classifier", False)
+        assert double_classifier.is_double(model) == bool(double), path
+    patterns = _make(_query("MaskRCNNTask.trainable_variable_patterns", None))
+    if patterns is not None:  # LVIS stage 2: they must name variables of this model
+        selected = freeze.select_variables(model, include=patterns)
+        assert 0 < len(selected) < len(model.trainable_variables), path
+
+
+def _query(name, default):
+    try:
+        return gin.query_parameter(name)
+    except ValueError:
+        return default
 
 
 @pytest.fixture(scope="module")
