@@ -147,13 +147,13 @@ def maskrcnn_train_targets(
         "num_truncated_instances": num_truncated,
     }
     if include_mask:
-        masks = tf.gather(example["groundtruth_instance_masks"], keep)
         # Same box convention as Model Garden's parser (boxes normalized by the image size,
-        # read by crop_and_resize as y * (S - 1)); only the box regions are sampled.
+        # read by crop_and_resize as y * (S - 1)); only the box regions of the kept objects
+        # are sampled (no gathered copy of their full-size masks).
         masks = tf.image.crop_and_resize(
-            masks[..., None],
+            example["groundtruth_instance_masks"][..., None],
             boxes / float(image_size),
-            box_indices=tf.range(tf.shape(boxes)[0]),
+            box_indices=tf.cast(keep, tf.int32),
             crop_size=[mask_crop_size, mask_crop_size],
             method="bilinear",
         )[..., 0]

@@ -28,11 +28,17 @@ def binarize_masks(masks: tf.Tensor) -> tf.Tensor:
 
     Integer masks (uint8 0/1 as `tfcp.data.decoder` emits, uint8 0/255 as many PNG masks
     hold, or any other integers) become `!= 0`; float masks `>= 0.5`; bool masks a cast.
-    uint8 masks cost one uint8 `minimum` pass (no wider copy).
+    uint8 masks that already hold 0/1 are returned as they are (one uint8 max reduction, no
+    copy); others cost one uint8 `minimum` pass (no wider copy).
     """
     masks = tf.convert_to_tensor(masks)
     if masks.dtype == tf.uint8:
-        return tf.minimum(masks, tf.constant(1, tf.uint8))
+        one = tf.constant(1, tf.uint8)
+        return tf.cond(
+            tf.reduce_max(masks) <= one,
+            lambda: masks,
+            lambda: tf.minimum(masks, one),
+        )
     if masks.dtype.is_floating:
         return tf.cast(masks >= 0.5, tf.uint8)
     if masks.dtype == tf.bool:
