@@ -51,7 +51,7 @@ def matches(size, boxes):
         thresholds=[0.3, 0.7], indicators=[-1, -2, 1], force_match_for_each_col=True
     )
     ours = anchor_labeling.match_anchors(
-        lambda: anchor_labeling.grid_iou(boxes, anchors),
+        lambda start, stop: anchor_labeling.grid_iou(boxes[start:stop], anchors),
         tf.shape(flat)[0],
         tf.shape(boxes)[0],
         match_threshold=0.7,
@@ -110,10 +110,13 @@ class AnchorLabelingTest(tf.test.TestCase, parameterized.TestCase):
             [tf.reshape(a, [-1, 4]) for a in targets.anchor_boxes(256, **ANCHORS).values()], 0
         )
         matched, indicators = anchor_labeling.match_anchors(
-            lambda: anchor_labeling.iou_objects_by_anchors(tf.constant(boxes), flat),
+            lambda start, stop: anchor_labeling.iou_objects_by_anchors(
+                tf.constant(boxes)[start:stop], flat
+            ),
             tf.shape(flat)[0],
             tf.shape(boxes)[0],
             match_threshold=0.7,
+            chunk_size=1,  # the duplicates fall in different chunks: the first keeps ties
             unmatched_threshold=0.3,
         )
         best = int(tf.argmax(iou_similarity.iou(flat, tf.constant(boxes[:1]))[:, 0]))

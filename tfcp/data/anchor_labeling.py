@@ -106,22 +106,28 @@ def grid_iou(boxes: tf.Tensor, anchor_boxes: dict[str, tf.Tensor]) -> tf.Tensor:
 
 
 def match_anchors(
-    iou_fn: Callable[[], tf.Tensor],
+    iou_fn: Callable[[int | tf.Tensor, int | tf.Tensor], tf.Tensor],
     num_anchors: int | tf.Tensor,
     num_boxes: tf.Tensor,
     *,
     match_threshold: float,
     unmatched_threshold: float,
+    chunk_size: int = 8,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Model Garden's `BoxMatcher(force_match_for_each_col=True)` rule for RPN anchors.
 
+    The objects are matched `chunk_size` at a time, so the float [objects, anchors]
+    intermediates stay small whatever N is (a crowded pasted image has 60+ objects: 3
+    float32 [60, 261888] IoU intermediates are 190 MB per example at 1024 px).
+
     Args:
-      iou_fn: returns the float32 [N, A] IoU of the objects with the anchors
-        (`grid_iou` or `iou_objects_by_anchors`); called only when N > 0.
+      iou_fn: `iou_fn(start, stop)` returns the float32 [stop - start, A] IoU of objects
+        start..stop-1 with the anchors (`grid_iou` or `iou_objects_by_anchors` on a slice).
       num_anchors: A.
       num_boxes: N (may be 0).
       match_threshold: max IoU >= this: positive (1).
       unmatched_threshold: max IoU < this: negative (-1); in between: ignored (-2).
+      chunk_size: objects per IoU block.
 
     Returns:
       `(matched, indicators)`: int32 [A] index of each anchor's object (its highest IoU, the
@@ -130,19 +136,40 @@ def match_anchors(
       best of several objects goes to the first of them.
     """
 
+    def chunk(i, best_iou, best_box, best_anchors):
+        start = i * chunk_size
+        stop = tf.minimum(start + chunk_size, num_boxes)
+        iou = iou_fn(start, stop)
+        chunk_best = tf.reduce_max(iou, axis=0)
+        better = chunk_best > best_iou  # strictly: an earlier object keeps a tie
+        chunk_box = tf.argmax(iou, axis=0, output_type=tf.int32) + start
+        return (
+            i + 1,
+            tf.where(better, chunk_best, best_iou),
+            tf.where(better, chunk_box, best_box),
+            best_anchors.write(i, tf.argmax(iou, axis=1, output_type=tf.int32)),
+        )
+
     def matched():
-        iou = iou_fn()
-        best_iou = tf.reduce_max(iou, axis=0)
-        best_box = tf.argmax(iou, axis=0, output_type=tf.int32)
+        num_chunks = (num_boxes + chunk_size - 1) // chunk_size
+        _, best_iou, best_box, best_anchors = tf.while_loop(
+            lambda i, *_: i < num_chunks,
+            chunk,
+            (
+                tf.constant(0),
+                tf.fill([num_anchors], -1.0),
+                tf.zeros([num_anchors], tf.int32),
+                tf.TensorArray(tf.int32, size=num_chunks, infer_shape=False),
+            ),
+        )
         indicators = tf.where(
             best_iou >= match_threshold,
             POSITIVE,
             tf.where(best_iou >= unmatched_threshold, IGNORED, NEGATIVE),
         )
-        best_anchor = tf.argmax(iou, axis=1, output_type=tf.int32)  # [N]
         forced_box = tf.tensor_scatter_nd_min(
             tf.fill([num_anchors], num_boxes),
-            best_anchor[:, None],
+            best_anchors.concat()[:, None],  # [N, 1]: each object's best anchor
             tf.range(num_boxes, dtype=tf.int32),
         )
         forced = forced_box < num_boxes
@@ -214,7 +241,7 @@ class StatelessRpnAnchorLabeler(anchor.RpnAnchorLabeler):
         del gt_labels
         flat = tf.concat([tf.reshape(a, [-1, 4]) for a in anchor_boxes.values()], axis=0)
         matched, indicators = match_anchors(
-            lambda: grid_iou(gt_boxes, anchor_boxes),
+            lambda start, stop: grid_iou(gt_boxes[start:stop], anchor_boxes),
             tf.shape(flat)[0],
             tf.shape(gt_boxes)[0],
             **self._thresholds,
