@@ -13,7 +13,11 @@ All use parallel map (AUTOTUNE), batch `--batch_size`, warm up, then time `--num
 The last stdout line is one JSON object. Usage:
 
   python benchmarks/input_pipeline.py [--size 1024] [--batch_size 8] [--num_batches 30]
-      [--instances 7]
+      [--instances 7] [--rounds 3]
+
+With `--rounds R` the variants run interleaved R times (MG, no CP, CP, MG, ...), so load
+changes on a shared machine hit all of them; the summary has the median images/s and peak
+RSS per variant and the per-round ratios to Model Garden.
 
 `--instances 30` generates crowded (LVIS-like) images instead of COCO-like ones. tfcp's
 batches hold uint8 images (the task normalizes them on the accelerator); Model Garden's
@@ -146,12 +150,28 @@ def run_variant(variant: str, path: str, size: int, batch_size: int, num_batches
     }
 
 
+def _run_child(variant: str, path: str, args) -> dict:
+    """One variant in a fresh subprocess (its own peak RSS)."""
+    command = [sys.executable, __file__, "--_child", variant, "--data", path]
+    command += ["--size", str(args.size), "--batch_size", str(args.batch_size)]
+    command += ["--num_batches", str(args.num_batches)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run(command, capture_output=True, text=True, env=env)
+    if out.returncode:
+        sys.stderr.write(out.stderr[-4000:])
+        raise SystemExit(f"variant {variant} failed")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--num_batches", type=int, default=30)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="variants run interleaved this many times"
+    )
     parser.add_argument(
         "--instances", type=float, default=7.0, help="mean instances per generated image"
     )
@@ -170,32 +190,34 @@ def main() -> None:
         mean_instances = None
         if not args.data:
             mean_instances = write_records(path, NUM_RECORDS, mean_instances=args.instances)
-        results = {}
-        for variant in args.variants.split(","):
-            command = [sys.executable, __file__, "--_child", variant, "--data", path]
-            command += ["--size", str(args.size), "--batch_size", str(args.batch_size)]
-            command += ["--num_batches", str(args.num_batches)]
-            env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-            out = subprocess.run(command, capture_output=True, text=True, env=env)
-            if out.returncode:
-                sys.stderr.write(out.stderr[-4000:])
-                raise SystemExit(f"variant {variant} failed")
-            results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(json.dumps(results[variant]), flush=True)
+        rounds = []
+        for round_index in range(args.rounds):
+            results = {}
+            for variant in args.variants.split(","):
+                results[variant] = _run_child(variant, path, args)
+                print(json.dumps(dict(results[variant], round=round_index)), flush=True)
+            rounds.append(results)
 
-    speed = {k: round(v["images_per_s"], 2) for k, v in results.items()}
+    def median(values):
+        return float(np.median(values))
+
+    variants = list(rounds[0])
+    speed = {v: round(median([r[v]["images_per_s"] for r in rounds]), 2) for v in variants}
     summary = dict(speed)
-    if "model_garden" in speed and "tfcp_cp" in speed:
-        summary["ratio_cp_vs_model_garden"] = round(speed["tfcp_cp"] / speed["model_garden"], 3)
-    if "model_garden" in speed and "tfcp_no_cp" in speed:
-        summary["ratio_no_cp_vs_model_garden"] = round(
-            speed["tfcp_no_cp"] / speed["model_garden"], 3
-        )
-    summary["peak_rss_mb"] = {k: round(v["peak_rss_mb"], 1) for k, v in results.items()}
+    for name in ("tfcp_cp", "tfcp_no_cp"):
+        if "model_garden" in speed and name in speed:
+            ratios = [r[name]["images_per_s"] / r["model_garden"]["images_per_s"] for r in rounds]
+            key = "ratio_cp_vs_model_garden" if name == "tfcp_cp" else "ratio_no_cp_vs_model_garden"
+            summary[key] = round(median(ratios), 3)
+            summary[key + "_per_round"] = [round(x, 3) for x in ratios]
+    summary["peak_rss_mb"] = {
+        v: round(median([r[v]["peak_rss_mb"] for r in rounds]), 1) for v in variants
+    }
     summary.update(
         size=args.size,
         batch_size=args.batch_size,
         num_batches=args.num_batches,
+        rounds=args.rounds,
         mean_instances=mean_instances,
         cpu_count=os.cpu_count(),
         load_avg_1m_before=load_before,
