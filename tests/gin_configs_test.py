@@ -10,8 +10,8 @@ built once at 128 px to keep the test affordable on CPU:
     or the detection generator settings share a build;
   * the detection generator is built with `nms_version='batched'` (one NMS op): Model
     Garden's default 'v2' unrolls one NMS per class, half of a COCO build's time and, with
-    LVIS's 1204 classes, 200 s and 4.5 GB per build (the tiny models' e2e tests build and
-    run the 'v2' generator);
+    LVIS's 1204 classes, 200 s and 4.5 GB per build ('v2' is built and run by the model
+    tests that use the factory's default, e.g. tests/serving/export_lib_test.py);
   * a double-classifier model gets its `DoubleDetectionHead`s on the cached single-head
     model of the same architecture (`double_classifier.with_double_heads`, as
     `factory.build_from_config(double_classifier=True)` does on the unbuilt model).

@@ -17,6 +17,7 @@ import tempfile
 import gin
 import numpy as np
 import tensorflow as tf
+import tf_keras
 
 from tfcp import gin_utils
 from tfcp.data import synthetic
@@ -40,6 +41,10 @@ def _export_tiny_maskrcnn(export_dir):
         ["models/maskrcnn_tiny.gin"],
         ["NUM_CLASSES = 5", "IMAGE_SIZE = 128", "EVAL_ANNOTATIONS = None"],
     )
+    # Its own seed: tf.test.TestCase.setUp seeds every test alike, and a build right after a
+    # test that drew no random numbers would otherwise give the tests' fresh models the
+    # export's weights (test_initialize_... needs them to differ; seen with test order).
+    tf_keras.utils.set_random_seed(7)
     model = factory.build_maskrcnn()
     feature_extractor.export_feature_extractor(model, export_dir, (128, 128))
     gin.clear_config()
