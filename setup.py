@@ -29,6 +29,6 @@ setuptools.setup(
         "opencv-python-headless",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-timeout", "hypothesis", "ruff"],
+        "dev": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "ruff"],
     },
 )
