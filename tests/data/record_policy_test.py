@@ -66,6 +66,34 @@ class DecodeStageTest(tf.test.TestCase):
             self.assertEqual([int(p) for p, _ in out], [0, 1])
             self.assertEqual(out[0][1]["groundtruth_boxes"].shape, (2, 4))
 
+    def test_check_stage_drops_the_records_decode_stage_drops_without_decoding(self):
+        kinds = ["good", *bad_records.BAD_KINDS, "good"]
+        path = os.path.join(self.tmp, "checked.tfrecord")
+        written = bad_records.write_records(path, kinds, num_classes=NUM_CLASSES)
+        stream = _named_stream(path)
+        options = dict(include_mask=True, num_classes=NUM_CLASSES, num_parallel_calls=2)
+        raised = list(record_policy.check_stage(stream, on_bad_record="raise", **options))
+        self.assertEqual([int(p) for p, _, _ in raised], list(range(len(kinds))))
+        before = record_policy.skipped_count()
+        kept = list(record_policy.check_stage(stream, on_bad_record="skip", **options))
+        self.assertEqual([int(p) for p, _, _ in kept], [0, len(kinds) - 1])
+        self.assertEqual(record_policy.skipped_count() - before, len(written.bad_indices))
+        self.assertEqual(kept[1][1].numpy().decode(), f"{path}:{len(kinds) - 1}")
+
+    def test_decode_or_fail_names_the_bad_record(self):
+        good = bad_records.make_example("good", 0).SerializeToString()
+        decoded = record_policy.decode_or_fail(
+            tf.constant("f:0"), tf.constant(good), include_mask=True, num_classes=NUM_CLASSES
+        )
+        self.assertEqual(decoded["groundtruth_instance_masks"].shape[0], 2)
+        bad = bad_records.make_example("nan_box", 4).SerializeToString()
+        with self.assertRaisesRegex(
+            tf.errors.InvalidArgumentError, r"bad record f:4 \(source_id 4-nan_box\): box 1 is NaN"
+        ):
+            record_policy.decode_or_fail(
+                tf.constant("f:4"), tf.constant(bad), include_mask=True, num_classes=NUM_CLASSES
+            )
+
     def test_unknown_policy(self):
         with self.assertRaisesRegex(ValueError, "on_bad_record"):
             self._stage(os.path.join(self.tmp, "x"), "ignore")

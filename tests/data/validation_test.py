@@ -205,3 +205,33 @@ def test_without_masks_the_masks_are_neither_read_nor_checked():
     decoded, ok, _ = _check(serialized, include_mask=False)
     assert ok.numpy() and "groundtruth_instance_masks" not in decoded
     _assert_same(decoded, decoder.decode(serialized, include_mask=False))
+
+
+@pytest.mark.parametrize("include_mask", [True, False])
+@pytest.mark.parametrize("kind", bad_records.KINDS)
+def test_check_record_agrees_with_decode_checked(kind, include_mask):
+    serialized = tf.constant(_serialized(kind, 3))
+    _, want_ok, want_reason = _check(serialized, include_mask=include_mask)
+    source_id, ok, reason = validation.check_record(
+        serialized, include_mask=include_mask, num_classes=NUM_CLASSES
+    )
+    assert source_id.numpy().decode() == f"3-{kind}"
+    assert (ok.numpy(), reason.numpy()) == (want_ok.numpy(), want_reason.numpy())
+
+
+@pytest.mark.parametrize(
+    "array, image_format",
+    [
+        (np.full([37, 53, 3], 90, np.uint8), "jpeg"),
+        (np.full([1, 300, 3], 90, np.uint8), "jpeg"),
+        (np.full([41, 7], 200, np.uint8), "png"),  # grayscale
+        (np.full([19, 23, 4], 200, np.uint8), "png"),  # RGBA
+    ],
+)
+def test_image_size_from_header_is_the_decoded_size(array, image_format):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, image_format.upper())
+    encoded = tf.constant(buffer.getvalue())
+    got = record_checks.image_size_from_header(encoded).numpy().tolist()
+    assert got == list(array.shape[:2])
+    assert got == decoder.decode_image(encoded).shape[:2].as_list()

@@ -290,6 +290,32 @@ def paste_example(
     return make_targets(example, example_seed, options)
 
 
+def cross_views(
+    example_seeds: Sequence[tf.Tensor],
+    pair_targets: Sequence[dict],
+    pair_sources: Sequence[dict],
+    options: ExampleOptions,
+) -> tuple:
+    """`paste(t0, s1)`, `paste(t1, s0)`, then the targets of both.
+
+    Args:
+      example_seeds: the two examples' int64 [2] seeds.
+      pair_targets: their target views (`decode_views`).
+      pair_sources: their source views (the targets' `source_part` when the sources have
+        no view of their own).
+      options: the stage options.
+
+    Returns:
+      The two examples' `(image, labels)` stacked along a leading dim of 2.
+    """
+    outputs = []
+    for k in (0, 1):
+        source = as_source(dict(pair_sources[1 - k]), options)
+        example = paste_one(pair_targets[k], source, example_seeds[k], options)
+        outputs.append(make_targets(example, example_seeds[k], options))
+    return tf.nest.map_structure(lambda a, b: tf.stack([a, b]), outputs[0], outputs[1])
+
+
 @_no_autograph
 def cross_pair(
     example_seeds: tf.Tensor,
@@ -298,20 +324,15 @@ def cross_pair(
     *,
     options: ExampleOptions,
 ) -> tuple:
-    """A pair (leading dim 2) of views: `paste(v0, v1)`, `paste(v1, v0)`, then targets.
+    """A ragged pair (leading dim 2) of views -> `cross_views`.
 
     `pair_sources` are the separate source views (None: the targets serve as sources).
-    Returns the two examples' `(image, labels)` stacked along a leading dim of 2.
     """
     if pair_sources is None:
         pair_sources = source_part(pair_targets)
-    outputs = []
-    for k in (0, 1):
-        target = {key: value[k] for key, value in pair_targets.items()}
-        source = as_source({key: value[1 - k] for key, value in pair_sources.items()}, options)
-        example = paste_one(target, source, example_seeds[k], options)
-        outputs.append(make_targets(example, example_seeds[k], options))
-    return tf.nest.map_structure(lambda a, b: tf.stack([a, b]), outputs[0], outputs[1])
+    rows = [{key: value[k] for key, value in pair_targets.items()} for k in (0, 1)]
+    sources = [{key: value[k] for key, value in pair_sources.items()} for k in (0, 1)]
+    return cross_views(example_seeds, rows, sources, options)
 
 
 def views_stage(
@@ -337,6 +358,9 @@ def examples_stage(
     num_parallel_calls: int,
 ) -> tf.data.Dataset:
     """Views -> unbatched `(image, labels)` training examples.
+
+    One source with Copy-Paste goes through this ragged pairing of views only with Balanced
+    Mosaic; otherwise `tfcp.data.pair_stage` pairs the records before decoding them.
 
     Args:
       dataset: `views_stage` elements, or with `mixed` `tfcp.data.mixed_sources.mix`

@@ -1,7 +1,8 @@
 """The training and eval input pipeline: TFRecords -> jitter -> Copy-Paste -> Mask R-CNN targets.
 
 Training (`is_training=True`): each record is decoded once (one JPEG decode) and scale
-jittered once; consecutive examples are paired (ragged batch of 2) and crossed:
+jittered once; consecutive examples are paired (as records, before decoding:
+`tfcp.data.pair_stage`) and crossed:
 `copy_paste(v0, v1)`, `copy_paste(v1, v0)`, each with probability `copy_paste_prob`. This is
 the paper's recipe (Sec. 3.1: jitter each of two images, paste a subset of one onto the
 other), and every image serves once as a target and once as a source. When the pasted
@@ -36,6 +37,7 @@ from tfcp.data import (
     eval_pipeline,
     mixed_sources,
     mosaic_stage,
+    pair_stage,
     paste_stage,
     record_policy,
     records,
@@ -388,11 +390,23 @@ def build_dataset(
             source_keys=paste_stage.SOURCE_KEYS,
             num_parallel_calls=num_parallel_calls,
         )
-    else:
+    elif not paste or mosaic:
         dataset = views(dataset, with_mosaic=mosaic)
-    dataset = paste_stage.examples_stage(
-        dataset, options, mixed=mixed, drop=drop, num_parallel_calls=num_parallel_calls
-    )
+    if mixed or not paste or mosaic:
+        dataset = paste_stage.examples_stage(
+            dataset, options, mixed=mixed, drop=drop, num_parallel_calls=num_parallel_calls
+        )
+    else:  # one source, Copy-Paste: pair the records, then decode and paste them in one map
+        dataset = pair_stage.paired_examples(
+            dataset,
+            stream_seed=base_seed,
+            options=options,
+            on_bad_record=on_bad_record,
+            num_classes=num_classes,
+            skip_difficult=skip_difficult_during_training,
+            drop=drop,
+            num_parallel_calls=num_parallel_calls,
+        )
     dataset = dataset.batch(batch_size, drop_remainder=True)
     if data_service_address:
         dataset = service.distribute(

@@ -12,6 +12,10 @@
   Resume stays exact up to the skipped records: the resumed stream starts at the position
   the step implies, so it repeats as many records as were skipped before that point.
 
+A pipeline that pairs records before decoding them (Copy-Paste, `tfcp.data.pair_stage`)
+uses `check_stage` instead, the same policy on the undecoded records (sizes from the image
+headers), and `decode_or_fail` in its pair map.
+
 Limits (see `tfcp.data.validation`): a record that is not a tf.train.Example, or an image
 whose bytes are complete but corrupt inside, still raises TF's own decode error.
 """
@@ -81,27 +85,94 @@ def decode_stage(
     Raises:
       ValueError: an unknown policy.
     """
-    if on_bad_record not in POLICIES:
-        raise ValueError(f"on_bad_record must be one of {POLICIES}, got {on_bad_record!r}")
+    _check_policy(on_bad_record)
 
     def check(position, record_name, serialized, *extra):
         decoded, ok, reason = validation.decode_checked(
             serialized, include_mask=include_mask, num_classes=num_classes
         )
         message = validation.format_error(record_name, decoded, reason)
-        return (position, decoded, ok, message, *extra)
+        return ((position, decoded), ok, message, *extra)
 
     dataset = dataset.map(check, num_parallel_calls=num_parallel_calls, deterministic=True)
     if on_bad_record == "raise":
 
-        def fail_on_bad(position, decoded, ok, message, *extra):
+        def fail_on_bad(item, ok, message, *extra):
             with tf.control_dependencies([assert_good(ok, message)]):
-                return (tf.identity(position), decoded, *extra)
+                return (tf.identity(item[0]), item[1], *extra)
 
         return dataset.map(fail_on_bad)
+    return _skip_bad(dataset).map(lambda item, *extra: (*item, *extra))
+
+
+def check_stage(
+    dataset: tf.data.Dataset,
+    *,
+    on_bad_record: str,
+    include_mask: bool,
+    num_classes: int | None,
+    num_parallel_calls: int,
+) -> tf.data.Dataset:
+    """Applies the policy to records before they are decoded, for a pipeline that pairs them.
+
+    'raise': the records pass unchanged (`decode_or_fail` raises on the bad one). 'skip':
+    bad records are dropped, warned about and counted as in `decode_stage`, judged by
+    `validation.check_record` (no pixels decoded).
+
+    Args:
+      dataset: `(position, record_name, serialized)` records.
+      on_bad_record, include_mask, num_classes, num_parallel_calls: as `decode_stage`'s.
+
+    Returns:
+      The `(position, record_name, serialized)` records to decode.
+    """
+    _check_policy(on_bad_record)
+    if on_bad_record == "raise":
+        return dataset
+
+    def check(position, record_name, serialized):
+        source_id, ok, reason = validation.check_record(
+            serialized, include_mask=include_mask, num_classes=num_classes
+        )
+        message = validation.format_error(record_name, source_id, reason)
+        return ((position, record_name, serialized), ok, message)
+
+    dataset = dataset.map(check, num_parallel_calls=num_parallel_calls, deterministic=True)
+    return _skip_bad(dataset).map(lambda record: record)  # (record,) -> record
+
+
+def decode_or_fail(
+    record_name: tf.Tensor, serialized: tf.Tensor, *, include_mask: bool, num_classes: int | None
+) -> dict:
+    """`decoder.decode` of one record, failing as `decode_stage`'s 'raise' when it is bad.
+
+    Args:
+      record_name: string [], the record's name for the error.
+      serialized: string [], the record.
+      include_mask, num_classes: as `decode_stage`'s.
+
+    Returns:
+      The decoded example (`decoder.decode`'s dict).
+    """
+    decoded, ok, reason = validation.decode_checked(
+        serialized, include_mask=include_mask, num_classes=num_classes
+    )
+    message = validation.format_error(record_name, decoded, reason)
+    with tf.control_dependencies([assert_good(ok, message)]):
+        return {key: tf.identity(value) for key, value in decoded.items()}
+
+
+def _check_policy(on_bad_record: str) -> None:
+    if on_bad_record not in POLICIES:
+        raise ValueError(f"on_bad_record must be one of {POLICIES}, got {on_bad_record!r}")
+
+
+def _skip_bad(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`(item, ok, message, *extra)` -> `(item, *extra)` of the good elements; each bad one is
+    warned about on stderr and counted in `skipped_counter`."""
     counter = skipped_counter()
 
-    def report(position, decoded, ok, message, *extra):
+    def report(item, ok, message, *extra):
         def skip():
             warn = tf.print("WARNING: skipping", message, output_stream=sys.stderr)
             with tf.control_dependencies([warn]):
@@ -111,9 +182,7 @@ def decode_stage(
 
         return tf.cond(ok, lambda: tf.constant(True), skip)
 
-    return dataset.filter(report).map(
-        lambda position, decoded, ok, message, *extra: (position, decoded, *extra)
-    )
+    return dataset.filter(report).map(lambda item, ok, message, *extra: (item, *extra))
 
 
 def assert_good(ok: tf.Tensor, message: tf.Tensor) -> tf.Operation:

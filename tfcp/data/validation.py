@@ -110,16 +110,46 @@ def decode_checked(
     return tf.cond(ok, _decode, lambda: _bad(reason))
 
 
+def check_record(
+    serialized: tf.Tensor, *, include_mask: bool, num_classes: int | None
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """`decode_checked`'s verdict on one record, without decoding its pixels.
+
+    The image size comes from the JPEG or PNG header (`record_checks.image_size_from_header`)
+    instead of the decoded image; everything else is `decode_checked`'s checks. A pipeline
+    uses it to drop bad records before it pairs them, and decodes the good ones later.
+
+    Args:
+      serialized: scalar string tensor, a serialized `tf.train.Example`.
+      include_mask: check `image/object/mask` too.
+      num_classes: as `decode_checked`'s.
+
+    Returns:
+      (source_id string [], ok bool [], reason string [], '' when ok).
+    """
+    fields = decoder.parse(serialized, include_mask)
+    problems = record_checks.structure_problems(fields, check_values=True, num_classes=num_classes)
+    ok, reason = record_checks.first_problem(problems)
+
+    def _sizes():
+        height_width = record_checks.image_size_from_header(fields["encoded"])
+        return record_checks.first_problem(
+            record_checks.size_problems(fields, height_width[0], height_width[1])
+        )
+
+    ok, reason = tf.cond(ok, _sizes, lambda: (ok, reason))
+    return fields["source_id"], ok, reason
+
+
 def format_error(
-    record_name: tf.Tensor | str, decoded: dict[str, tf.Tensor], reason: tf.Tensor
+    record_name: tf.Tensor | str, decoded: dict[str, tf.Tensor] | tf.Tensor, reason: tf.Tensor
 ) -> tf.Tensor:
     """ "bad record {record_name} (source_id {source_id}): {reason}" as a string scalar.
 
     Args:
       record_name: string scalar naming the record (e.g. "train-00003.tfrecord:17").
-      decoded: `decode_checked`'s example (for its `source_id`).
+      decoded: `decode_checked`'s example (for its `source_id`), or the source id itself.
       reason: `decode_checked`'s reason.
     """
-    return tf.strings.join(
-        ["bad record ", record_name, " (source_id ", decoded["source_id"], "): ", reason]
-    )
+    source_id = decoded["source_id"] if isinstance(decoded, dict) else decoded
+    return tf.strings.join(["bad record ", record_name, " (source_id ", source_id, "): ", reason])
