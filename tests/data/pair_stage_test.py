@@ -182,3 +182,11 @@ def test_a_bad_record_in_a_pair_fails_naming_it(record_file):
     error = record_policy.as_bad_record_error(raised.value)
     assert error is not None
     assert f"bad record {record_file}:2 (source_id 2-nan_box): box 1 is NaN" in str(error)
+
+
+def test_pair_parallelism_is_half_the_examples_parallelism(monkeypatch):
+    assert [pair_stage.pair_parallelism(n) for n in (1, 2, 3, 8)] == [1, 1, 2, 4]
+    monkeypatch.setattr(
+        pair_stage.os, "sched_getaffinity", lambda pid: set(range(6)), raising=False
+    )
+    assert pair_stage.pair_parallelism(tf.data.AUTOTUNE) == 3

@@ -7,10 +7,16 @@ objects if asked, jitter each into its view(s) (`paste_stage.decode_views`), pas
 onto the other and compute the Mask R-CNN targets (`paste_stage.cross_views`).
 
 Pairing the small serialized records instead of decoded S x S views keeps the pipeline's
-buffers free of full-resolution images and masks between stages. On crowded 1024 px data
-this lowered the peak memory of the input pipeline by a fifth and raised its throughput
-(`docs/pipeline_profile.md`). The examples are bit-identical to the ragged pairing of views
-it replaces: every draw still derives from the stream seed and the example's position.
+buffers free of full-resolution images and masks between stages (less memory and more
+throughput: `docs/pipeline_profile.md`). The examples are bit-identical to the ragged
+pairing of views it replaces: every draw still derives from the stream seed and the
+example's position.
+
+A pair call runs its two examples concurrently (the function's independent ops run in
+parallel), so the pair map runs half as many calls as the per-example maps would
+(`pair_parallelism`): as many examples in flight as cores, like Model Garden's parser map.
+Autotuned, the pair map kept two pair calls (four examples) in flight on two cores: a little
+faster, a lot more memory on crowded images (`docs/pipeline_profile.md`).
 
 With `on_bad_record='skip'` the bad records are dropped before pairing
 (`record_policy.check_stage`, which judges a record without decoding its pixels), so the
@@ -20,6 +26,7 @@ pairs are those of the good records, as before.
 from __future__ import annotations
 
 import functools
+import os
 
 import tensorflow as tf
 
@@ -70,6 +77,25 @@ def cross_record_pair(
     )
 
 
+def pair_parallelism(num_parallel_calls: int) -> int:
+    """Pair calls in flight for a pipeline whose maps run `num_parallel_calls` examples.
+
+    Args:
+      num_parallel_calls: the examples' parallelism, or `tf.data.AUTOTUNE`: the schedulable
+        cores of the machine that builds the dataset (with the tf.data service, the
+        trainer's, not the workers').
+
+    Returns:
+      ceil(n / 2), at least 1.
+    """
+    if num_parallel_calls == tf.data.AUTOTUNE:
+        if hasattr(os, "sched_getaffinity"):
+            num_parallel_calls = len(os.sched_getaffinity(0))
+        else:
+            num_parallel_calls = os.cpu_count() or 1
+    return max(1, (int(num_parallel_calls) + 1) // 2)
+
+
 def paired_examples(
     records: tf.data.Dataset,
     *,
@@ -91,7 +117,8 @@ def paired_examples(
       num_classes: class ids must be in [1, num_classes); None checks ids >= 1 only.
       skip_difficult: drop difficult objects (VOC) after decoding.
       drop: leading examples to drop after pairing (a resumed stream at an odd position).
-      num_parallel_calls: parallelism of the checks and of the pair map.
+      num_parallel_calls: parallelism of the checks; the pair map runs
+        `pair_parallelism(num_parallel_calls)` pairs at a time.
 
     Returns:
       A dataset of `(image uint8 [S, S, 3], labels)`.
@@ -111,5 +138,7 @@ def paired_examples(
         skip_difficult=skip_difficult,
     )
     pairs = records.batch(2, drop_remainder=True)
-    pairs = pairs.map(pair, num_parallel_calls=num_parallel_calls, deterministic=True)
+    pairs = pairs.map(
+        pair, num_parallel_calls=pair_parallelism(num_parallel_calls), deterministic=True
+    )
     return pairs.unbatch().skip(drop)

@@ -153,7 +153,8 @@ def build_dataset(
       include_difficult: eval: add `groundtruths['difficult']` int32 [B, K] (0 padding)
         for the VOC metric, and fail on an image with more than K objects (naming its
         source id) instead of truncating its ground truth.
-      num_parallel_calls: parallelism of the map stages.
+      num_parallel_calls: parallelism of the map stages (Copy-Paste pairs: half of it,
+        `pair_stage.pair_parallelism`).
       keep_is_pasted: debug/visualization: add `labels['gt_is_pasted']` bool [B, K]; with
         `pseudo_file_pattern` also `labels['gt_from_pseudo']` bool [B, K] (the object's
         label comes from a pseudo-labeled image) and `labels['is_pseudo']` bool [B].
