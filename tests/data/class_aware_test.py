@@ -6,6 +6,7 @@ import tempfile
 
 import numpy as np
 import tensorflow as tf
+from absl import logging as absl_logging
 from absl.testing import parameterized
 
 from tfcp.data import class_aware, records, sampling
@@ -211,10 +212,17 @@ class ClassAwareStreamTest(tf.test.TestCase, parameterized.TestCase):
             records.train_records(files, images_per_category=1, **pipeline_1)
 
     def test_open_records_keyword_logs_and_matches_the_reader(self):
-        with self.assertLogs(level="INFO") as logs:
-            opened = records.open_records(
-                self.files, is_training=True, seed=3, shuffle_buffer=4, images_per_category=K
-            )
+        # absl INFO on for this test: a test that parsed flags earlier in the same process
+        # (converters_test's `FLAGS(argv)`) leaves absl's verbosity at WARNING.
+        before = absl_logging.get_verbosity()
+        absl_logging.set_verbosity(absl_logging.INFO)
+        try:
+            with self.assertLogs(level="INFO") as logs:
+                opened = records.open_records(
+                    self.files, is_training=True, seed=3, shuffle_buffer=4, images_per_category=K
+                )
+        finally:
+            absl_logging.set_verbosity(before)
         self.assertTrue(any("3 categories x 3 images = epoch of 9" in x for x in logs.output))
         self.assertEqual(_take(opened.dataset, 20), _take(self._stream(), 20))
         evaluation = records.open_records(self.files, is_training=False, images_per_category=K)
