@@ -366,6 +366,8 @@ def build_dataset(
             decoded = decoded.map(mosaic_stage.without_mosaic)  # the pseudo stream's structure
         return paste_stage.views_stage(decoded, stream_seed, options, num_parallel_calls)
 
+    # One source with Copy-Paste: pair the records, then decode and paste them in one map.
+    paired_records = paste and not mixed and not mosaic
     if mixed:
         pseudo, _, _, _ = records.open_records(
             pseudo_file_pattern, global_batch_size=num_pseudo * replicas, **open_args
@@ -391,13 +393,13 @@ def build_dataset(
             source_keys=paste_stage.SOURCE_KEYS,
             num_parallel_calls=num_parallel_calls,
         )
-    elif not paste or mosaic:
+    elif not paired_records:
         dataset = views(dataset, with_mosaic=mosaic)
-    if mixed or not paste or mosaic:
+    if not paired_records:
         dataset = paste_stage.examples_stage(
             dataset, options, mixed=mixed, drop=drop, num_parallel_calls=num_parallel_calls
         )
-    else:  # one source, Copy-Paste: pair the records, then decode and paste them in one map
+    else:
         dataset = pair_stage.paired_examples(
             dataset,
             stream_seed=base_seed,

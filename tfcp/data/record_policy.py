@@ -86,6 +86,15 @@ def decode_stage(
       ValueError: an unknown policy.
     """
     _check_policy(on_bad_record)
+    if on_bad_record == "raise":
+
+        def decode(position, record_name, serialized, *extra):
+            decoded = decode_or_fail(
+                record_name, serialized, include_mask=include_mask, num_classes=num_classes
+            )
+            return (position, decoded, *extra)
+
+        return dataset.map(decode, num_parallel_calls=num_parallel_calls, deterministic=True)
 
     def check(position, record_name, serialized, *extra):
         decoded, ok, reason = validation.decode_checked(
@@ -95,13 +104,6 @@ def decode_stage(
         return ((position, decoded), ok, message, *extra)
 
     dataset = dataset.map(check, num_parallel_calls=num_parallel_calls, deterministic=True)
-    if on_bad_record == "raise":
-
-        def fail_on_bad(item, ok, message, *extra):
-            with tf.control_dependencies([assert_good(ok, message)]):
-                return (tf.identity(item[0]), item[1], *extra)
-
-        return dataset.map(fail_on_bad)
     return _skip_bad(dataset).map(lambda item, *extra: (*item, *extra))
 
 

@@ -89,9 +89,7 @@ def decode_checked(
         - ok: bool scalar.
         - reason: string scalar, what is wrong ('' when ok); see the module docstring.
     """
-    fields = decoder.parse(serialized, include_mask)
-    problems = record_checks.structure_problems(fields, check_values=True, num_classes=num_classes)
-    ok, reason = record_checks.first_problem(problems)
+    fields, ok, reason = _parse_and_check(serialized, include_mask, num_classes)
 
     def _bad(why):
         return placeholder(fields["source_id"], include_mask), tf.constant(False), why
@@ -127,9 +125,7 @@ def check_record(
     Returns:
       (source_id string [], ok bool [], reason string [], '' when ok).
     """
-    fields = decoder.parse(serialized, include_mask)
-    problems = record_checks.structure_problems(fields, check_values=True, num_classes=num_classes)
-    ok, reason = record_checks.first_problem(problems)
+    fields, ok, reason = _parse_and_check(serialized, include_mask, num_classes)
 
     def _sizes():
         height_width = record_checks.image_size_from_header(fields["encoded"])
@@ -139,6 +135,13 @@ def check_record(
 
     ok, reason = tf.cond(ok, _sizes, lambda: (ok, reason))
     return fields["source_id"], ok, reason
+
+
+def _parse_and_check(serialized, include_mask, num_classes):
+    """(`decoder.parse` fields, ok, reason) of everything that shows before decoding."""
+    fields = decoder.parse(serialized, include_mask)
+    problems = record_checks.structure_problems(fields, check_values=True, num_classes=num_classes)
+    return (fields, *record_checks.first_problem(problems))
 
 
 def format_error(
