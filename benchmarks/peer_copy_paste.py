@@ -9,16 +9,20 @@ from the file instead of drawing it (`--own_draws`: it draws its own). tfcp runs
 mode, `tf.function` with static H, W and unknown N as after scale jittering, one intra/inter-op
 thread); MMDetection in its own venv (`benchmarks/peers/setup_mmdet.sh`) through
 `benchmarks/peers/mmdet_copy_paste.py`, one thread. Each side times only the op/transform call
-per pair, its inputs built beforehand.
+per pair, its inputs built beforehand. tfcp's call is the traced graph (the tf.function's
+`ConcreteFunction`), which still pays TF's Python dispatch of 13 input tensors (~0.3 ms per call
+on this machine) but not the tf.function's per-call signature check and cache lookup (another
+~0.25 ms); in tf.data neither is paid. The figures through the tf.function are printed too
+(`tfcp_tf_function_pairs_per_s`, `ratio_tf_function_call`).
 
   bash benchmarks/peers/setup_mmdet.sh          # once (or `make bench-peers`)
   python benchmarks/peer_copy_paste.py --runs=3
 
 Prints one JSON line: per run and size, pairs/s (wall and process CPU time) of tfcp with
-MMDetection's occlusion rule (`ratio`, `cpu_time_ratio`: the same semantics), of tfcp with its
-default (the paper's) rule (`ratio_paper_rule`), and of MMDetection; load averages
-before/after each run. On a loaded machine the CPU-time ratio (each process's own CPU
-seconds) varies less than the wall-clock one.
+MMDetection's occlusion rule (`ratio`, `cpu_time_ratio`: the same semantics; and through the
+tf.function, `ratio_tf_function_call`), of tfcp with its default (the paper's) rule
+(`ratio_paper_rule`), and of MMDetection; load averages before/after each run. On a loaded
+machine the CPU-time ratio (each process's own CPU seconds) varies less than the wall-clock one.
 `outputs_identical` compares both ops' outputs (image, masks, boxes, classes) on the first
 pairs. Not a quiet-machine figure unless the load averages say so.
 """
@@ -90,23 +94,37 @@ def draw_subsets(pool: list[dict], pairs: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def measure_tfcp(pool: list[dict], pairs: np.ndarray, size: int, **kwargs) -> dict:
-    """Pairs/s (wall, process CPU time) of tfcp's op on `pairs`, op call only."""
-    tensors = [_tensors(ex) for ex in pool]
-    op = _op(size, **kwargs)
-    for i in range(_WARMUP.value):
-        t, s = pairs[i % len(pairs)]
-        op(tensors[t], tensors[s], tf.constant([_SEED.value, i % len(pairs)], tf.int64))
-    cpu, times = 0.0, []
+def _time_calls(fn, tensors: list, pairs: np.ndarray) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of `fn` on every pair, call only."""
+    cpu, wall = 0.0, 0.0
     for i, (t, s) in enumerate(pairs):
         seed = tf.constant([_SEED.value, i], tf.int64)
         start, cpu_start = time.perf_counter(), time.process_time()
-        op(tensors[t], tensors[s], seed)
-        times.append(time.perf_counter() - start)
+        fn(tensors[t], tensors[s], seed)
+        wall += time.perf_counter() - start
         cpu += time.process_time() - cpu_start
+    return wall, cpu
+
+
+def measure_tfcp(pool: list[dict], pairs: np.ndarray, size: int, **kwargs) -> dict:
+    """Pairs/s (wall, process CPU time) of tfcp's op on `pairs`, op call only.
+
+    The traced graph (`ConcreteFunction`) and the tf.function are timed alternately, pair set
+    by pair set, so that both see the same machine.
+    """
+    tensors = [_tensors(ex) for ex in pool]
+    op = _op(size, **kwargs)
+    graph = op.get_concrete_function()
+    for fn in (graph, op):
+        for i in range(_WARMUP.value):
+            t, s = pairs[i % len(pairs)]
+            fn(tensors[t], tensors[s], tf.constant([_SEED.value, i % len(pairs)], tf.int64))
+    wall, cpu = _time_calls(graph, tensors, pairs)
+    tf_function_wall, _ = _time_calls(op, tensors, pairs)
     return {
-        "pairs_per_s": len(pairs) / sum(times),
+        "pairs_per_s": len(pairs) / wall,
         "cpu_time_pairs_per_s": len(pairs) / cpu,
+        "tf_function_pairs_per_s": len(pairs) / tf_function_wall,
     }
 
 
@@ -173,11 +191,13 @@ def _summary(same: dict, paper: dict, peer: dict) -> dict:
     return {
         "tfcp_pairs_per_s": round(same["pairs_per_s"], 1),
         "tfcp_cpu_time_pairs_per_s": round(same["cpu_time_pairs_per_s"], 1),
+        "tfcp_tf_function_pairs_per_s": round(same["tf_function_pairs_per_s"], 1),
         "tfcp_paper_rule_pairs_per_s": round(paper["pairs_per_s"], 1),
         "mmdet_pairs_per_s": round(peer["pairs_per_s"], 1),
         "mmdet_cpu_time_pairs_per_s": round(peer["cpu_time_pairs_per_s"], 1),
         "ratio": round(same["pairs_per_s"] / peer["pairs_per_s"], 2),
         "cpu_time_ratio": round(same["cpu_time_pairs_per_s"] / peer["cpu_time_pairs_per_s"], 2),
+        "ratio_tf_function_call": round(same["tf_function_pairs_per_s"] / peer["pairs_per_s"], 2),
         "ratio_paper_rule": round(paper["pairs_per_s"] / peer["pairs_per_s"], 2),
         "tfcp_mean_pasted": round(float(same["mean_pasted"]), 2),
         "mmdet_mean_pasted": round(peer["mean_pasted"], 2),
@@ -252,6 +272,7 @@ def main(argv):
         "benchmark": "Copy-Paste op, tfcp vs MMDetection 3.3 CopyPaste, one core each",
         "ratio_by_size": _by_size(runs, sizes, "ratio"),
         "cpu_time_ratio_by_size": _by_size(runs, sizes, "cpu_time_ratio"),
+        "ratio_tf_function_call_by_size": _by_size(runs, sizes, "ratio_tf_function_call"),
         "runs": runs,
         "outputs_identical": identical,
         "examples": examples,

@@ -191,6 +191,21 @@ class CopyPasteBehaviourTest(tf.test.TestCase, parameterized.TestCase):
             self.assertEqual(out[key].dtype, value.dtype, msg=key)
 
     @parameterized.parameters(*MODES)
+    def test_drawing_zero_objects_returns_target_with_masks_made_zero_one(self, mode):
+        # m ~ uniform{0, 1} for one pasteable object: the seeds that draw m = 0 take the
+        # nothing-pasted branch even though the source has an object to paste.
+        target = dict(self.target)
+        target["groundtruth_instance_masks"] = target["groundtruth_instance_masks"] * 255
+        outs = run_seeds(mode, target, self.source, [(0, k) for k in range(12)])
+        unchanged = [out for out in outs if 7 not in out["groundtruth_classes"]]
+        self.assertNotEmpty(unchanged)
+        self.assertLess(len(unchanged), len(outs))  # some seeds paste
+        for out in unchanged:
+            for key, value in self.target.items():
+                np.testing.assert_array_equal(out[key], value, err_msg=key)
+                self.assertEqual(out[key].dtype, value.dtype, msg=key)
+
+    @parameterized.parameters(*MODES)
     def test_source_with_only_empty_masks_pastes_nothing(self, mode):
         source = example(
             [np.zeros([16, 16], np.uint8)], [7], const_image(200), boxes=[[0, 0, 1, 1]]

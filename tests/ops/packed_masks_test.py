@@ -57,6 +57,50 @@ class PackedMasksTest(tf.test.TestCase, parameterized.TestCase):
         np.testing.assert_array_equal(binary, expected)
         np.testing.assert_array_equal(pm.row_counts(binary), expected.sum(2))
 
+    @parameterized.parameters(16, 255, 256, 300, 510, 512, 257, 9)
+    def test_column_any_sums_rows_in_chunks_that_cannot_wrap(self, h):
+        # Full columns are the worst case for the byte counters: a chunk of 256 rows would
+        # wrap a full column's count to 0 (512 rows), a static H picks its largest divisor
+        # <= 255 (510 -> 255), and heights without one (257, 9) take the segment-sum path.
+        masks = np.zeros([2, h, 16], np.uint8)
+        masks[0, :, 3] = 1
+        masks[1, :, 0] = 1
+        masks[1, h - 1, 15] = 1
+        np.testing.assert_array_equal(pm.column_any(tf.constant(masks)), masks.any(1))
+        fn = tf.function(
+            pm.column_any, input_signature=[tf.TensorSpec([None, None, None], tf.uint8)]
+        )
+        np.testing.assert_array_equal(fn(tf.constant(masks)), masks.any(1))
+
+    @parameterized.parameters((3, 16, 16), (2, 5, 7), (0, 8, 8))
+    def test_mask_difference_matches_numpy(self, n, h, w):
+        rng = np.random.default_rng(n + h + w)
+        masks = (rng.random([n, h, w]) < 0.5).astype(np.uint8)
+        removed = (rng.random([h, w]) < 0.5).astype(np.uint8)
+        expected = masks & (1 - removed)[None]
+        np.testing.assert_array_equal(pm.mask_difference(tf.constant(masks), removed), expected)
+        spec = tf.TensorSpec([None, None, None], tf.uint8)
+        fn = tf.function(
+            pm.mask_difference, input_signature=[spec, tf.TensorSpec([None, None], tf.uint8)]
+        )
+        np.testing.assert_array_equal(fn(tf.constant(masks), tf.constant(removed)), expected)
+
+    @parameterized.parameters(
+        (np.uint8, 255), (np.uint8, 1), (bool, True), (np.float32, 1.0), (np.int32, -3)
+    )
+    def test_binarize_and_nonempty(self, dtype, on):
+        masks = np.zeros([3, 8, 8], dtype)
+        masks[0, 2, 5] = on
+        masks[2, 7, 7] = on
+        if dtype == np.float32:
+            masks[1, 0, 0] = 0.4  # below 0.5: not set
+        binary, nonempty = pm.binarize_and_nonempty(tf.constant(masks))
+        expected = (masks >= 0.5) if dtype == np.float32 else (masks != 0)
+        np.testing.assert_array_equal(binary, expected.astype(np.uint8))
+        np.testing.assert_array_equal(nonempty, [True, False, True])
+        _, none = pm.binarize_and_nonempty(tf.zeros([0, 8, 8], dtype))
+        self.assertEqual(none.shape, [0])
+
 
 if __name__ == "__main__":
     tf.test.main()

@@ -130,8 +130,8 @@ def _select_pixels_rgb8(union: tf.Tensor, source: tf.Tensor, target: tf.Tensor) 
     words = tf.bitcast(tf.reshape(union, [-1, 8]), tf.uint64)
     bits = tf.bitwise.right_shift(
         words * tf.constant(_GATHER_BITS, tf.uint64), tf.constant(56, tf.uint64)
-    )
-    spread = tf.gather(tf.constant(_SPREAD), tf.cast(bits, tf.int32))  # [H * W / 8, 24]
+    )  # 0..255: a bitcast to int64 indices is exact and copies nothing
+    spread = tf.gather(tf.constant(_SPREAD), tf.bitcast(bits, tf.int64))  # [H * W / 8, 24]
     mask = tf.bitcast(tf.reshape(spread, [-1, 8]), tf.uint64)
     t = tf.bitcast(tf.reshape(target, [-1, 8]), tf.uint64)
     s = tf.bitcast(tf.reshape(source, [-1, 8]), tf.uint64)

@@ -10,7 +10,7 @@ so uint8 0/255, bool and float masks give the same result), then all per-pixel w
 uint8 and mask reductions read 8 mask bytes as one uint64 word (`tfcp.ops.packed_masks`):
 
 * the union of the pasted masks is a bitwise-OR loop over uint64 words;
-* visible target masks are one broadcast `bitwise_and` with the complement of the union;
+* visible target masks are one broadcast AND of uint64 words with the union's complement;
 * per-object pixel counts come from packed per-row counts;
 * tight boxes come from row/column projections ([N, H] and [N, W]), computed only for the
   objects that lost pixels (and could be kept);
@@ -107,7 +107,7 @@ def occlude(
       (lost pixels), `keep` bool [N], and `boxes` (same dtype as `boxes`) [N, 4]: tight boxes
       of the visible masks for the kept occluded objects, the given boxes for the others.
     """
-    visible = tf.bitwise.bitwise_and(masks, (1 - union)[None])  # [N, H, W] uint8
+    visible = pm.mask_difference(masks, union)  # [N, H, W] uint8
     vis_rows = pm.row_counts(visible)
     vis_counts = tf.reduce_sum(vis_rows, axis=1)
     occluded = vis_counts < tf.reduce_sum(pm.row_counts(masks), axis=1)
@@ -234,7 +234,11 @@ def copy_paste(
         for k, v in target.items()
     }
     source = {k: tf.convert_to_tensor(v) for k, v in source.items() if k in target}
-    box_threshold = None if occluded_box_threshold is None else float(occluded_box_threshold)
+    options = {
+        "blend_sigma": float(blend_sigma),
+        "area_threshold": float(occluded_area_threshold),
+        "box_threshold": None if occluded_box_threshold is None else float(occluded_box_threshold),
+    }
     seed = tf.convert_to_tensor(seed)
 
     t_image = tf.convert_to_tensor(target[IMAGE])
@@ -245,9 +249,7 @@ def copy_paste(
         message="copy_paste: target and source images differ in size",
     )
 
-    s_masks = pm.binarize_masks(source[MASKS])
-    s_counts = tf.reduce_sum(pm.row_counts(s_masks), axis=1)  # [Ns] int32
-    pasteable = s_counts > 0
+    s_masks, pasteable = pm.binarize_and_nonempty(source[MASKS])
     if not paste_crowd:
         pasteable &= ~tf.cast(source[IS_CROWD], tf.bool)
     room = None
@@ -255,21 +257,30 @@ def copy_paste(
         room = tf.maximum(int(max_num_instances) - tf.shape(target[CLASSES])[0], 0)
     chosen = select_objects(pasteable, seed, selection, int(max_num_pasted), room)
 
+    t_masks = pm.binarize_masks(target[MASKS])
+    out = tf.cond(
+        tf.size(chosen) > 0,
+        lambda: _paste(target, source, t_masks, s_masks, chosen, per_object, options),
+        lambda: _unchanged(target, t_masks, per_object),
+    )
+    output = dict(target)
+    for key, value in out.items():
+        static = target[key].shape
+        value.set_shape(tf.TensorShape([None]).concatenate(static[1:]) if key != IMAGE else static)
+        output[key] = value
+    return output
+
+
+def _paste(target, source, t_masks, s_masks, chosen, per_object, options) -> dict:
+    """The pasted outputs of `copy_paste` for a non-empty `chosen` (int32 [M], M > 0)."""
     pasted = tf.gather(s_masks, chosen)  # [M, H, W] uint8
     union = pm.mask_union(pasted)  # [H, W] uint8
     t_boxes = target[BOXES]
-    occ = occlude(
-        pm.binarize_masks(target[MASKS]),
-        t_boxes,
-        union,
-        float(occluded_area_threshold),
-        box_threshold,
-    )
-    # Nothing pasted: the target is returned as is (also objects with empty masks).
-    keep = occ["keep"] | tf.equal(tf.size(chosen), 0)
+    occ = occlude(t_masks, t_boxes, union, options["area_threshold"], options["box_threshold"])
+    keep = occ["keep"]
     keep_idx = tf.cast(tf.where(keep)[:, 0], tf.int32)
 
-    out = {IMAGE: blend.paste_image(t_image, s_image, union, float(blend_sigma))}
+    out = {IMAGE: blend.paste_image(target[IMAGE], source[IMAGE], union, options["blend_sigma"])}
     visible = occ["visible"]
     vis_k = tf.cond(tf.reduce_all(keep), lambda: visible, lambda: tf.gather(visible, keep_idx))
     out[BOXES] = tf.concat(
@@ -290,17 +301,23 @@ def copy_paste(
             tf.cast(tf.gather(occ["visible_counts"], keep_idx), t_area.dtype),
             tf.gather(t_area, keep_idx),
         )
-        s_area = source[AREA] if AREA in source else s_counts
-        out[AREA] = tf.concat([area_k, blend.cast_like(tf.gather(s_area, chosen), t_area.dtype)], 0)
+        if AREA in source:
+            s_area = tf.gather(source[AREA], chosen)
+        else:  # the pasted masks' pixel counts
+            s_area = tf.reduce_sum(pm.row_counts(pasted), axis=1)
+        out[AREA] = tf.concat([area_k, blend.cast_like(s_area, t_area.dtype)], 0)
     for key in per_object:
         if key in out:
             continue
         t_val = target[key]
         s_val = blend.cast_like(tf.gather(source[key], chosen), t_val.dtype)
         out[key] = tf.concat([tf.gather(t_val, keep_idx), s_val], 0)
-    output = dict(target)
-    for key, value in out.items():
-        static = target[key].shape
-        value.set_shape(tf.TensorShape([None]).concatenate(static[1:]) if key != IMAGE else static)
-        output[key] = value
-    return output
+    return out
+
+
+def _unchanged(target, t_masks, per_object) -> dict:
+    """The outputs of `copy_paste` when nothing is pasted: the target, masks made 0/1."""
+    out = {key: tf.identity(target[key]) for key in per_object}
+    out[IMAGE] = tf.identity(target[IMAGE])
+    out[MASKS] = blend.cast_like(t_masks, target[MASKS].dtype)
+    return out

@@ -4,7 +4,8 @@ The Copy-Paste op (`tfcp.ops.copy_paste`) runs on the host CPU inside `tf.data` 
 resolution (1024x1024, tens of objects), so its per-pixel work stays in uint8 (no int32 or
 float32 copy of an [N, H, W] tensor) and its reductions view 8 mask bytes as one uint64 word:
 
-* the union of masks is a bitwise-OR loop over uint64 words;
+* the union of masks is a bitwise-OR loop over uint64 words, and the difference of masks and
+  a union one broadcast AND of uint64 words;
 * per-object pixel counts per row sum uint64 words along the row, each byte acting as an
   independent 8-bit counter (exact while W <= 2040; other widths use an int32 reduction);
 * column projections sum words over chunks of 128 rows (each byte counter stays <= 128);
@@ -31,19 +32,35 @@ def binarize_masks(masks: tf.Tensor) -> tf.Tensor:
     uint8 masks that already hold 0/1 are returned as they are (one uint8 max reduction, no
     copy); others cost one uint8 `minimum` pass (no wider copy).
     """
+    return binarize_and_nonempty(masks)[0]
+
+
+def binarize_and_nonempty(masks: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """`binarize_masks`, and which masks have a set pixel, from one reduction of uint8 masks.
+
+    Args:
+      masks: [N, H, W] masks of any dtype and convention (see `binarize_masks`).
+
+    Returns:
+      (uint8 [N, H, W] 0/1 masks, bool [N] whether each mask has a set pixel).
+    """
     masks = tf.convert_to_tensor(masks)
     if masks.dtype == tf.uint8:
         one = tf.constant(1, tf.uint8)
-        return tf.cond(
-            tf.reduce_max(masks) <= one,
+        peaks = tf.reduce_max(masks, axis=[1, 2])  # [N]: any nonzero byte is a set pixel
+        binary = tf.cond(
+            tf.reduce_max(peaks) <= one,
             lambda: masks,
             lambda: tf.minimum(masks, one),
         )
+        return binary, peaks > 0
     if masks.dtype.is_floating:
-        return tf.cast(masks >= 0.5, tf.uint8)
-    if masks.dtype == tf.bool:
-        return tf.cast(masks, tf.uint8)
-    return tf.cast(tf.not_equal(masks, 0), tf.uint8)
+        binary = tf.cast(masks >= 0.5, tf.uint8)
+    elif masks.dtype == tf.bool:
+        binary = tf.cast(masks, tf.uint8)
+    else:
+        binary = tf.cast(tf.not_equal(masks, 0), tf.uint8)
+    return binary, tf.reduce_max(binary, axis=[1, 2]) > 0
 
 
 def _divisible_by_8(*dims) -> tf.Tensor | bool:
@@ -129,6 +146,46 @@ def mask_union(masks: tf.Tensor) -> tf.Tensor:
     return _branch(_divisible_by_8(*_dims(masks)[1:]), packed, plain)
 
 
+def mask_difference(masks: tf.Tensor, removed: tf.Tensor) -> tf.Tensor:
+    """Masks with the pixels of `removed` cleared: `masks & ~removed`.
+
+    Args:
+      masks: uint8 [N, H, W] with values 0/1.
+      removed: uint8 [H, W] with values 0/1.
+
+    Returns:
+      uint8 [N, H, W] with values 0/1.
+    """
+    dims = _dims(masks)
+
+    def packed():
+        # One uint64 XOR makes the complement of 8 pixels; the AND then reads 8 pixels per op.
+        n, h, w = dims
+        words = tf.bitcast(tf.reshape(masks, [n, h * w // 8, 8]), tf.uint64)
+        keep = tf.bitwise.bitwise_xor(
+            tf.bitcast(tf.reshape(removed, [h * w // 8, 8]), tf.uint64),
+            tf.constant(0x0101010101010101, tf.uint64),
+        )
+        visible = tf.bitwise.bitwise_and(words, keep[None])
+        return tf.reshape(tf.bitcast(visible, tf.uint8), [n, h, w])
+
+    def plain():
+        return tf.bitwise.bitwise_and(masks, (1 - removed)[None])
+
+    return _branch(_divisible_by_8(*dims[1:]), packed, plain)
+
+
+def _row_chunk(height: int | None) -> int | None:
+    """Largest divisor of a static `height` that is <= 255 (a byte counter's capacity), if it
+    is at least 16 rows; None otherwise (unknown height, or only small divisors)."""
+    if height is None:
+        return None
+    for chunk in range(min(height, 255), 15, -1):
+        if height % chunk == 0:
+            return chunk
+    return None
+
+
 def column_any(masks: tf.Tensor) -> tf.Tensor:
     """Whether each column of each mask has a set pixel.
 
@@ -140,9 +197,15 @@ def column_any(masks: tf.Tensor) -> tf.Tensor:
     """
     shape = tf.shape(masks)
     n, h, w = shape[0], shape[1], shape[2]
+    chunk = _row_chunk(masks.shape[1])
 
     def packed():
-        # Rows are summed in chunks of 128 so that each byte counter stays <= 128.
+        # Rows are summed in chunks of at most 255 so that each byte counter cannot wrap.
+        if chunk is not None:  # static H: a reshape and one reduction over each chunk
+            words = tf.bitcast(tf.reshape(masks, [n, h // chunk, chunk, w // 8, 8]), tf.uint64)
+            sums = tf.reduce_sum(words, axis=2)  # [N, H / chunk, W / 8]
+            counts = tf.reshape(tf.bitcast(sums, tf.uint8), [n, h // chunk, w])
+            return tf.reduce_max(counts, axis=1) > 0
         chunks = (h + 127) // 128
         row = tf.range(n * h)
         ids = (row // h) * chunks + (row % h) // 128
