@@ -12,15 +12,17 @@ thread); MMDetection in its own venv (`benchmarks/peers/setup_mmdet.sh`) through
 per pair, its inputs built beforehand. tfcp's call is the traced graph (the tf.function's
 `ConcreteFunction`), which still pays TF's Python dispatch of 13 input tensors (~0.3 ms per call
 on this machine) but not the tf.function's per-call signature check and cache lookup (another
-~0.25 ms); in tf.data neither is paid. The figures through the tf.function are printed too
-(`tfcp_tf_function_pairs_per_s`, `ratio_tf_function_call`).
+~0.25 ms). Two more tfcp figures are printed: through the tf.function
+(`ratio_tf_function_call`), and inside `tf.data.Dataset.map` where the op runs in training
+(`ratio_tf_data`: one iterator, warmed up, each element fetched with `next`).
 
   bash benchmarks/peers/setup_mmdet.sh          # once (or `make bench-peers`)
   python benchmarks/peer_copy_paste.py --runs=3
 
 Prints one JSON line: per run and size, pairs/s (wall and process CPU time) of tfcp with
 MMDetection's occlusion rule (`ratio`, `cpu_time_ratio`: the same semantics; and through the
-tf.function, `ratio_tf_function_call`), of tfcp with its default (the paper's) rule
+tf.function or inside tf.data, `ratio_tf_function_call`, `ratio_tf_data`), of tfcp with its
+default (the paper's) rule
 (`ratio_paper_rule`), and of MMDetection; load averages before/after each run. On a loaded
 machine the CPU-time ratio (each process's own CPU seconds) varies less than the wall-clock one.
 `outputs_identical` compares both ops' outputs (image, masks, boxes, classes) on the first
@@ -69,8 +71,9 @@ def _tensors(example: dict) -> dict:
     return {k: tf.constant(v) for k, v in example.items()}
 
 
-def _op(size: int, **kwargs):
-    spec = {
+def _spec(size: int) -> dict:
+    """One example's TensorSpecs: static H, W and unknown N, as after scale jittering."""
+    return {
         sp.IMAGE: tf.TensorSpec([size, size, 3], tf.uint8),
         sp.BOXES: tf.TensorSpec([None, 4], tf.float32),
         sp.CLASSES: tf.TensorSpec([None], tf.int64),
@@ -78,10 +81,41 @@ def _op(size: int, **kwargs):
         sp.IS_CROWD: tf.TensorSpec([None], tf.bool),
         sp.AREA: tf.TensorSpec([None], tf.float32),
     }
+
+
+def _op(size: int, **kwargs):
+    spec = _spec(size)
     return tf.function(
         lambda t, s, seed: cp.copy_paste(t, s, seed, **kwargs),
         input_signature=[spec, spec, tf.TensorSpec([2], tf.int64)],
     )
+
+
+def _tf_data_seconds(pool: list[dict], pairs: np.ndarray, size: int, **kwargs) -> float:
+    """Wall seconds of the op on every pair inside `tf.data.Dataset.map`, one thread.
+
+    The pairs (and seeds) are cached in memory; one iterator serves a warm-up pass (which
+    also instantiates the map function, ~0.1 s) and the timed pass, each element fetched
+    with `next` (its Python cost, ~0.06 ms at 512, is counted). The map returns every output
+    of the op, so that nothing of it can be pruned.
+    """
+    spec = _spec(size)
+    seeds = [np.array([_SEED.value, i], np.int64) for i in range(len(pairs))]
+    ds = tf.data.Dataset.from_generator(
+        lambda: ((pool[t], pool[s], seeds[i]) for i, (t, s) in enumerate(pairs)),
+        output_signature=(spec, spec, tf.TensorSpec([2], tf.int64)),
+    )
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.autotune.enabled = False
+    ds = ds.cache().repeat().map(lambda t, s, seed: cp.copy_paste(t, s, seed, **kwargs))
+    it = iter(ds.with_options(options))
+    for _ in range(len(pairs)):
+        next(it)
+    start = time.perf_counter()
+    for _ in range(len(pairs)):
+        next(it)
+    return time.perf_counter() - start
 
 
 def draw_subsets(pool: list[dict], pairs: np.ndarray) -> list[np.ndarray]:
@@ -125,6 +159,7 @@ def measure_tfcp(pool: list[dict], pairs: np.ndarray, size: int, **kwargs) -> di
         "pairs_per_s": len(pairs) / wall,
         "cpu_time_pairs_per_s": len(pairs) / cpu,
         "tf_function_pairs_per_s": len(pairs) / tf_function_wall,
+        "tf_data_pairs_per_s": len(pairs) / _tf_data_seconds(pool, pairs, size, **kwargs),
     }
 
 
@@ -192,12 +227,14 @@ def _summary(same: dict, paper: dict, peer: dict) -> dict:
         "tfcp_pairs_per_s": round(same["pairs_per_s"], 1),
         "tfcp_cpu_time_pairs_per_s": round(same["cpu_time_pairs_per_s"], 1),
         "tfcp_tf_function_pairs_per_s": round(same["tf_function_pairs_per_s"], 1),
+        "tfcp_tf_data_pairs_per_s": round(same["tf_data_pairs_per_s"], 1),
         "tfcp_paper_rule_pairs_per_s": round(paper["pairs_per_s"], 1),
         "mmdet_pairs_per_s": round(peer["pairs_per_s"], 1),
         "mmdet_cpu_time_pairs_per_s": round(peer["cpu_time_pairs_per_s"], 1),
         "ratio": round(same["pairs_per_s"] / peer["pairs_per_s"], 2),
         "cpu_time_ratio": round(same["cpu_time_pairs_per_s"] / peer["cpu_time_pairs_per_s"], 2),
         "ratio_tf_function_call": round(same["tf_function_pairs_per_s"] / peer["pairs_per_s"], 2),
+        "ratio_tf_data": round(same["tf_data_pairs_per_s"] / peer["pairs_per_s"], 2),
         "ratio_paper_rule": round(paper["pairs_per_s"] / peer["pairs_per_s"], 2),
         "tfcp_mean_pasted": round(float(same["mean_pasted"]), 2),
         "mmdet_mean_pasted": round(peer["mean_pasted"], 2),
@@ -273,6 +310,7 @@ def main(argv):
         "ratio_by_size": _by_size(runs, sizes, "ratio"),
         "cpu_time_ratio_by_size": _by_size(runs, sizes, "cpu_time_ratio"),
         "ratio_tf_function_call_by_size": _by_size(runs, sizes, "ratio_tf_function_call"),
+        "ratio_tf_data_by_size": _by_size(runs, sizes, "ratio_tf_data"),
         "runs": runs,
         "outputs_identical": identical,
         "examples": examples,
