@@ -6,8 +6,10 @@ became fully (or mostly) hidden, and recomputes tight boxes of the partly hidden
 
 It is written for the host CPU inside `tf.data` at full resolution (1024x1024, tens of
 objects): every mask input is normalized once to uint8 0/1 (`packed_masks.binarize_masks`,
-so uint8 0/255, bool and float masks give the same result), then all per-pixel work stays in
-uint8 and mask reductions read 8 mask bytes as one uint64 word (`tfcp.ops.packed_masks`):
+so uint8 0/255, bool and float masks give the same result; for the source, the same per-object
+max also says which masks are empty), then all per-pixel work stays in uint8 and mask
+reductions read 8 mask bytes as one uint64 word (`tfcp.ops.packed_masks`). When the draw
+pastes nothing, the target is returned from a `tf.cond` branch that does none of the work below:
 
 * the union of the pasted masks is a bitwise-OR loop over uint64 words;
 * visible target masks are one broadcast AND of uint64 words with the union's complement;

@@ -8,7 +8,8 @@ float32 copy of an [N, H, W] tensor) and its reductions view 8 mask bytes as one
   a union one broadcast AND of uint64 words;
 * per-object pixel counts per row sum uint64 words along the row, each byte acting as an
   independent 8-bit counter (exact while W <= 2040; other widths use an int32 reduction);
-* column projections sum words over chunks of 128 rows (each byte counter stays <= 128);
+* column projections sum words over chunks of rows (at most 255, so that no byte counter
+  wraps): with a static H one reshape and reduction, otherwise a segment sum of 128-row chunks;
 * tight boxes come from the row/column projections ([N, H] and [N, W]).
 
 Every function here assumes uint8 masks holding 0/1 (a byte of 255 would overflow the
