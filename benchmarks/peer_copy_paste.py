@@ -22,9 +22,9 @@ on this machine) but not the tf.function's per-call signature check and cache lo
 Prints one JSON line: per run and size, pairs/s (wall and process CPU time) of tfcp with
 MMDetection's occlusion rule (`ratio`, `cpu_time_ratio`: the same semantics; and through the
 tf.function or inside tf.data, `ratio_tf_function_call`, `ratio_tf_data`), of tfcp with its
-default (the paper's) rule
-(`ratio_paper_rule`), and of MMDetection; load averages before/after each run. On a loaded
-machine the CPU-time ratio (each process's own CPU seconds) varies less than the wall-clock one.
+default (the paper's) rule (`ratio_paper_rule`), and of MMDetection; load averages
+before/after each run. On a loaded machine the CPU-time ratio (each process's own CPU
+seconds) varies less than the wall-clock one.
 `outputs_identical` compares both ops' outputs (image, masks, boxes, classes) on the first
 pairs. Not a quiet-machine figure unless the load averages say so.
 """
@@ -143,8 +143,8 @@ def _time_calls(fn, tensors: list, pairs: np.ndarray) -> tuple[float, float]:
 def measure_tfcp(pool: list[dict], pairs: np.ndarray, size: int, **kwargs) -> dict:
     """Pairs/s (wall, process CPU time) of tfcp's op on `pairs`, op call only.
 
-    The traced graph (`ConcreteFunction`) and the tf.function are timed alternately, pair set
-    by pair set, so that both see the same machine.
+    The traced graph (`ConcreteFunction`), then the tf.function, then the op inside tf.data
+    are timed one after the other on the same pairs and seeds.
     """
     tensors = [_tensors(ex) for ex in pool]
     op = _op(size, **kwargs)

@@ -177,8 +177,11 @@ def mask_difference(masks: tf.Tensor, removed: tf.Tensor) -> tf.Tensor:
 
 
 def _row_chunk(height: int | None) -> int | None:
-    """Largest divisor of a static `height` that is <= 255 (a byte counter's capacity), if it
-    is at least 16 rows; None otherwise (unknown height, or only small divisors)."""
+    """Rows per chunk of `column_any`'s packed sums for a static `height`, or None.
+
+    The largest divisor of `height` that is <= 255 (a byte counter's capacity), if it is at
+    least 16; None for an unknown height or one with only smaller divisors.
+    """
     if height is None:
         return None
     for chunk in range(min(height, 255), 15, -1):
